@@ -1,0 +1,192 @@
+"""The request loop: one framed request in, one framed answer out, until ``bye`` or end of input."""
+
+import os
+import sys
+import time
+import traceback
+
+from . import PROTOCOL_VERSION, __version__, measure, runtimes, system
+from .cache import ModelCache, check_sha256
+from .protocol import FrameError, ProtocolError, read_frame, write_frame
+
+PROTOCOLS = (PROTOCOL_VERSION,)
+_NUMBER = (int, float)
+
+
+def default_cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "edgecompress")
+
+
+def _field(header, key, kinds, default=None, required=False, low=None, high=None):
+    """One request field, type- and range-checked; a FrameError names what is wrong."""
+    if key not in header or header[key] is None:
+        if required:
+            raise FrameError("request lacks {!r}".format(key))
+        return default
+    value = header[key]
+    if isinstance(value, bool) and bool not in kinds:
+        raise FrameError("{!r} must be {}, got a boolean".format(key, "/".join(k.__name__ for k in kinds)))
+    if not isinstance(value, kinds):
+        raise FrameError("{!r} must be {}, got {}".format(key, "/".join(k.__name__ for k in kinds), type(value).__name__))
+    if low is not None and value < low or high is not None and value > high:
+        raise FrameError("{!r} = {} is outside [{}, {}]".format(key, value, low, high))
+    return value
+
+
+def _str_list(header, key):
+    value = _field(header, key, (list,))
+    if value is not None and not all(isinstance(v, str) for v in value):
+        raise FrameError("{!r} must be a list of strings".format(key))
+    return value
+
+
+class Agent(object):
+    """Serves requests from ``inp`` to ``out`` (binary streams)."""
+
+    def __init__(self, inp, out, cache_dir=None, cache_max_bytes=2 * 1024 ** 3, sysfs_root="/"):
+        self.inp = inp
+        self.out = out
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.cache = ModelCache(os.path.join(self.cache_dir, "models"), cache_max_bytes)
+        self.root = sysfs_root
+        self.running = True
+        self.handlers = {
+            "hello": self.hello, "has_model": self.has_model, "put_model": self.put_model,
+            "measure": self.measure, "validate": self.validate, "bye": self.bye,
+        }
+
+    def serve(self):
+        """Answer until ``bye``, end of input, or a stream that cannot be resynchronised."""
+        while self.running:
+            try:
+                frame = read_frame(self.inp)
+            except FrameError as exc:
+                self._send_error(None, "bad_request", str(exc))
+                continue
+            except ProtocolError as exc:
+                self._send_error(None, "protocol", str(exc) + "; closing")
+                return 1
+            if frame is None:
+                return 0
+            self._dispatch(*frame)
+        return 0
+
+    def _dispatch(self, header, payload):
+        request_id = header.get("id")
+        if isinstance(request_id, bool) or not isinstance(request_id, (int, str, type(None))):
+            request_id = None
+        op = header.get("op")
+        handler = self.handlers.get(op) if isinstance(op, str) else None
+        if handler is None:
+            self._send_error(request_id, "unknown_request",
+                             "unknown op {!r}; known: {}".format(op, ", ".join(sorted(self.handlers))))
+            return
+        try:
+            result = handler(header, payload)
+        except FrameError as exc:
+            self._send_error(request_id, type(exc).__name__, str(exc))
+            return
+        except MemoryError:
+            self._send_error(request_id, "MemoryError", "out of memory while serving {!r}".format(op))
+            return
+        except Exception as exc:  # the agent keeps serving; the host sees the reason
+            traceback.print_exc(file=sys.stderr)
+            self._send_error(request_id, "internal", "{}: {}".format(type(exc).__name__, exc))
+            return
+        payload_out = None
+        if isinstance(result, tuple):
+            result, payload_out = result
+        write_frame(self.out, {"id": request_id, "ok": True, "result": result}, payload_out)
+
+    def _send_error(self, request_id, kind, message):
+        try:
+            write_frame(self.out, {"id": request_id, "ok": False, "error": {"type": kind, "message": message}})
+        except (IOError, OSError):
+            self.running = False
+
+    # -- requests -------------------------------------------------------------------------------------------
+
+    def hello(self, header, payload):
+        wanted = _field(header, "protocol", (list,), default=[PROTOCOL_VERSION])
+        common = [v for v in PROTOCOLS if v in wanted]
+        if not common:
+            raise FrameError("host speaks protocol {}, agent {} speaks {}".format(wanted, __version__, list(PROTOCOLS)))
+        info = {
+            "agent_version": __version__, "protocol": max(common), "pid": os.getpid(),
+            "python": system.python_info(), "board": system.board(self.root), "l4t": system.l4t_release(self.root),
+            "cpu": system.cpu(self.root), "memory": system.memory(self.root),
+            "thermal_zones": system.thermal_zones(self.root), "cpufreq": system.cpufreq(self.root),
+            "cache_dir": self.cache_dir, "power_sources": [],
+        }
+        info.update(runtimes.detect())
+        return info
+
+    def has_model(self, header, payload):
+        cached, received = self.cache.status(check_sha256(header.get("sha256")))
+        return {"cached": cached, "received": received}
+
+    def put_model(self, header, payload):
+        sha = check_sha256(header.get("sha256"))
+        size = _field(header, "size", (int,), required=True, low=0)
+        offset = _field(header, "offset", (int,), default=0, low=0)
+        complete, received = self.cache.write_chunk(sha, size, offset, payload)
+        return {"complete": complete, "received": received}
+
+    def _runner(self, header):
+        sha = check_sha256(header.get("sha256"))
+        cached, _ = self.cache.status(sha)
+        if not cached:
+            raise FrameError("model {} is not in the agent's cache; put_model it first".format(sha[:12]))
+        runtime = _field(header, "runtime", (str,), default="onnxruntime")
+        threads = _field(header, "threads", (int,), low=1, high=1024)
+        providers = _str_list(header, "providers")
+        t0 = measure.now_ns()
+        runner = runtimes.load(self.cache.path(sha), runtime, threads, providers)
+        return runner, measure.now_ns() - t0
+
+    def measure(self, header, payload):
+        runs = _field(header, "runs", (int,), default=100, low=1, high=measure.MAX_RUNS)
+        warmup_runs = _field(header, "warmup_runs", (int,), default=10, low=0, high=100000)
+        warmup_seconds = _field(header, "warmup_seconds", _NUMBER, default=0.5, low=0, high=3600)
+        min_seconds = _field(header, "min_seconds", _NUMBER, default=1.0, low=0, high=3600)
+        max_seconds = _field(header, "max_seconds", _NUMBER, default=60.0, low=0, high=24 * 3600)
+        affinity = _field(header, "affinity", (list,))
+        if affinity is not None and not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in affinity):
+            raise FrameError("'affinity' must be a list of CPU numbers")
+        shapes = _field(header, "input_shapes", (dict,))
+        runner, load_ns = self._runner(header)
+        feeds = runtimes.random_inputs(runner, shapes)
+        before = {"thermal": system.thermal_zones(self.root), "cpufreq": system.cpufreq(self.root)}
+        started = time.time()
+        with measure.Affinity(affinity):
+            t0 = measure.now_ns()
+            runner.run(feeds)
+            first_ns = measure.now_ns() - t0
+            latencies, warm_done, wall_ns = measure.timed_runs(
+                lambda: runner.run(feeds), warmup_runs, warmup_seconds, runs, min_seconds, max_seconds)
+        after = {"thermal": system.thermal_zones(self.root), "cpufreq": system.cpufreq(self.root)}
+        return {
+            "latencies_ns": latencies, "load_ns": load_ns, "first_inference_ns": first_ns,
+            "warmup_runs": warm_done, "window_ns": wall_ns, "started_unix": started,
+            "providers": runner.providers, "inputs": runner.inputs, "affinity": affinity,
+            "before": before, "after": after,
+        }
+
+    def validate(self, header, payload):
+        specs = _field(header, "inputs", (list,), required=True)
+        runner, _ = self._runner(header)
+        feeds = runtimes.decode_arrays(specs, payload)
+        expected = set(i["name"] for i in runner.inputs)
+        if set(feeds) != expected:
+            raise FrameError("inputs {} do not match the model's {}".format(sorted(feeds), sorted(expected)))
+        try:
+            outputs = runner.run(feeds)
+        except Exception as exc:
+            raise FrameError("inference failed: {}".format(runtimes._short(exc)))
+        out_specs, data = runtimes.encode_arrays(list(zip(runner.outputs, outputs)))
+        return {"outputs": out_specs}, data
+
+    def bye(self, header, payload):
+        self.running = False
+        return {}

@@ -1,0 +1,55 @@
+"""edgecompress bench: measure one model on a device and print its latency statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from edgecompress.analysis import latency_stats
+from edgecompress.artifact import load_artifact
+from edgecompress.cli._app import app, console, err_console
+from edgecompress.config import resolve_device
+from edgecompress.device import measure_request, open_session
+
+
+@app.command()
+def bench(
+    model: Path = typer.Argument(..., help="An .onnx or .tflite model file."),
+    device: str = typer.Option("local", "--device", "-d", help="Profile name, .toml file, or user@host[:port]."),
+    runs: int | None = typer.Option(None, min=1, help="At least this many timed inferences."),
+    threads: int | None = typer.Option(None, min=1, help="Runtime threads (default: the profile's)."),
+    min_seconds: float | None = typer.Option(None, min=0, help="Time at least this long."),
+    max_seconds: float | None = typer.Option(None, min=0, help="Stop after this long, whatever the run count."),
+    warmup_runs: int | None = typer.Option(None, min=0, help="Untimed inferences first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Measure a model on a device: latency distribution, first inference, load time."""
+    profile = resolve_device(device)
+    artifact = load_artifact(model)
+    spec = measure_request(profile, runs=runs, threads=threads, min_seconds=min_seconds,
+                           max_seconds=max_seconds, warmup_runs=warmup_runs, runtime=artifact.runtime)
+    session = open_session(profile, on_event=lambda m: err_console.print(f"[yellow]{m}[/]"))
+    try:
+        sha = session.put_model(artifact.data)
+        measurement = session.measure(sha, spec)
+        hello = session.hello()
+    finally:
+        session.close()
+    stats = latency_stats(measurement)
+    if as_json:
+        print(json.dumps({"model": str(model), "sha256": sha, "device": profile.name, "runtime": spec.runtime,
+                          "board": hello.get("board"), "latency": stats.to_json(),
+                          "providers": measurement.raw.get("providers")}, indent=2))
+        return
+    table = Table(title=f"{model.name} on {profile.name} ({hello.get('board')}), {spec.runtime}", title_justify="left")
+    table.add_column("statistic")
+    table.add_column("ms", justify="right")
+    for name in ("mean", "std", "min", "p50", "p90", "p95", "p99", "p999", "max"):
+        table.add_row(name, f"{stats.get(name):.3f}")
+    table.add_row("runs", str(stats.count))
+    table.add_row("first inference", f"{stats.first_inference_ms:.3f}")
+    table.add_row("load", f"{stats.load_ms:.3f}")
+    console.print(table)

@@ -1,0 +1,139 @@
+"""User-facing configuration: device profiles (TOML), validated with clear errors."""
+
+from __future__ import annotations
+
+import re
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgecompress.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+USER_PROFILE_DIR = Path("~/.config/edgecompress/profiles").expanduser()
+_AD_HOC = re.compile(r"^(?:(?P<user>[^@\s/]+)@)?(?P<host>[A-Za-z0-9.\-_]+|\[[0-9a-fA-F:]+\])(?::(?P<port>\d+))?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SshSettings(_Strict):
+    """Where the device is: a host name or an alias from ~/.ssh/config."""
+
+    host: str
+    user: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    identity_file: str | None = None
+    connect_timeout_s: float = Field(default=15.0, gt=0)
+    keepalive_s: float = Field(default=15.0, ge=0)
+
+
+class RuntimeSettings(_Strict):
+    name: Literal["onnxruntime", "tflite"] = "onnxruntime"
+    threads: int | None = Field(default=None, ge=1)
+    providers: list[str] = Field(default_factory=list)
+    affinity: list[int] = Field(default_factory=list)
+    min_version: str | None = None
+
+
+class MeasureSettings(_Strict):
+    warmup_runs: int = Field(default=10, ge=0)
+    warmup_seconds: float = Field(default=0.5, ge=0)
+    runs: int = Field(default=100, ge=1)
+    min_seconds: float = Field(default=1.0, ge=0)
+    max_seconds: float = Field(default=60.0, gt=0)
+
+
+class PowerSettings(_Strict):
+    source: str = "auto"
+    command: str | None = None
+
+
+class ThermalSettings(_Strict):
+    start_temp_c: float | None = None
+    max_wait_s: float = Field(default=120.0, ge=0)
+
+
+class DeviceProfile(_Strict):
+    """Everything edgecompress needs to know to measure on one device."""
+
+    name: str
+    description: str = ""
+    transport: Literal["local", "ssh"] = "local"
+    python: str | None = None
+    cache_dir: str | None = None
+    ssh: SshSettings | None = None
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    measure: MeasureSettings = Field(default_factory=MeasureSettings)
+    power: PowerSettings = Field(default_factory=PowerSettings)
+    thermal: ThermalSettings = Field(default_factory=ThermalSettings)
+    facts: dict[str, str] = Field(default_factory=dict)
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "profile"
+    return f"{where}: {first['msg']}"
+
+
+def parse_profile(text: str, origin: str) -> DeviceProfile:
+    """A profile from TOML text; ``origin`` names it in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
+    data.setdefault("name", Path(origin).stem)
+    try:
+        profile = DeviceProfile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_describe(exc)}") from exc
+    if profile.transport == "ssh" and profile.ssh is None:
+        raise ConfigError(f"{origin}: transport = 'ssh' needs an [ssh] table with a host")
+    return profile
+
+
+def builtin_profiles() -> dict[str, DeviceProfile]:
+    found = {}
+    for entry in resources.files("edgecompress.profiles").iterdir():
+        if entry.name.endswith(".toml"):
+            profile = parse_profile(entry.read_text(encoding="utf-8"), f"built-in profile {entry.name}")
+            found[profile.name] = profile
+    return found
+
+
+def all_profiles(user_dir: Path | None = None) -> dict[str, DeviceProfile]:
+    """Built-in profiles, overridden by same-named ones in the user's config folder."""
+    profiles = builtin_profiles()
+    folder = user_dir or USER_PROFILE_DIR
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.toml")):
+            profile = parse_profile(path.read_text(encoding="utf-8"), str(path))
+            profiles[profile.name] = profile
+    return profiles
+
+
+def resolve_device(spec: str, user_dir: Path | None = None) -> DeviceProfile:
+    """A profile from a name, a TOML file path, or an ad-hoc ``user@host[:port]``."""
+    if spec.endswith(".toml"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"device profile {spec} does not exist")
+        return parse_profile(path.read_text(encoding="utf-8"), spec)
+    profiles = all_profiles(user_dir)
+    if spec in profiles:
+        return profiles[spec]
+    match = _AD_HOC.match(spec)
+    if match and ("@" in spec or ":" in spec or "." in spec):
+        port = int(match["port"]) if match["port"] else None
+        ssh = SshSettings(host=match["host"].strip("[]"), user=match["user"], port=port)
+        return DeviceProfile(name=spec, description="ad-hoc SSH device", transport="ssh", ssh=ssh)
+    known = ", ".join(sorted(profiles))
+    raise ConfigError(f"unknown device {spec!r}; known profiles: {known} (or give user@host[:port] or a .toml file)")

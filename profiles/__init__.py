@@ -1,0 +1,1 @@
+"""Built-in device profiles (TOML), shipped inside the wheel as edgecompress.profiles."""
