@@ -1,0 +1,177 @@
+"""Budgets (``latency.p99<=20ms``, ``size<=2MB``, ``latency.mean<=0.5x``) and the metrics they constrain.
+
+A metric is one entry in METRICS: its canonical unit, whether the host can check it without device time, and how
+to compute it from the evidence of one candidate. Adding a metric is adding one ``register`` call.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgecompress.analysis import LatencyStats, latency_stats
+from edgecompress.device import Measurement
+from edgecompress.errors import ConfigError
+
+# Canonical unit of each quantity, and every accepted spelling with its factor to the canonical unit.
+UNITS: dict[str, dict[str, float]] = {
+    "ms": {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3},
+    "bytes": {"b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30},
+    "mJ": {"uj": 1e-3, "µj": 1e-3, "mj": 1.0, "j": 1e3},
+    "W": {"mw": 1e-3, "w": 1.0},
+    "count": {"": 1.0},
+}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything known about one candidate: its size, and the device measurement when there is one."""
+
+    size_bytes: int
+    measurement: Measurement | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def latency(self) -> LatencyStats | None:
+        if self.measurement is None:
+            return None
+        cached = self.extra.get("_latency")
+        return cached if cached is not None else latency_stats(self.measurement)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A constrainable quantity. ``compute(evidence, parameter)`` returns the value in ``unit`` or None."""
+
+    name: str
+    unit: str
+    on_host: bool
+    compute: Callable[[Evidence, float | None], float | None]
+    help: str
+    parameter: str | None = None  # e.g. "exceedance probability" for latency.pwcet@1e-6
+    default_parameter: float | None = None
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register(metric: Metric) -> Metric:
+    METRICS[metric.name] = metric
+    return metric
+
+
+def _latency(statistic: str) -> Callable[[Evidence, float | None], float | None]:
+    def compute(evidence: Evidence, parameter: float | None) -> float | None:
+        stats = evidence.latency
+        return None if stats is None else stats.get(statistic)
+
+    return compute
+
+
+for _stat in ("mean", "min", "p50", "p90", "p95", "p99", "p999", "max"):
+    register(Metric(f"latency.{_stat}", "ms", False, _latency(_stat), f"{_stat} of per-inference latency"))
+register(Metric("size", "bytes", True, lambda e, p: float(e.size_bytes), "size of the deployed artifact"))
+
+
+_BUDGET = re.compile(
+    r"^\s*(?P<metric>[a-z0-9_.]+)(?:@(?P<param>[0-9.eE+-]+))?\s*(?P<op><=|<)\s*"
+    r"(?P<value>[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(?P<unit>[A-Za-zµ]*)\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``metric <= limit``: an absolute limit in the metric's canonical unit, or ``relative`` x the base value."""
+
+    metric: str
+    limit: float | None
+    relative: float | None
+    text: str
+    parameter: float | None = None
+
+    @property
+    def spec(self) -> Metric:
+        return METRICS[self.metric]
+
+    @property
+    def key(self) -> str:
+        """The metric with its parameter, e.g. ``latency.pwcet@1e-06``: the name of the measured value."""
+        return self.metric if self.parameter is None else f"{self.metric}@{self.parameter:g}"
+
+    @property
+    def unit(self) -> str:
+        return self.spec.unit
+
+    def target(self, base_value: float | None) -> float:
+        """The absolute budget C; relative budgets need the base model's measured value."""
+        if self.limit is not None:
+            return self.limit
+        if base_value is None or not math.isfinite(base_value):
+            raise ConfigError(f"budget {self.text!r} is relative, but the base model's {self.key} is unknown")
+        assert self.relative is not None
+        return self.relative * base_value
+
+    def value(self, evidence: Evidence) -> float | None:
+        return self.spec.compute(evidence, self.parameter)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "parameter": self.parameter, "limit": self.limit,
+                "relative": self.relative, "unit": self.unit, "text": self.text}
+
+
+def parse_budget(text: str) -> Budget:
+    """Parse one budget string; a ConfigError says exactly what is wrong."""
+    match = _BUDGET.match(text)
+    if not match:
+        raise ConfigError(f"budget {text!r} is not of the form METRIC<=VALUE[UNIT], e.g. 'latency.p99<=20ms'")
+    name = match["metric"]
+    if name not in METRICS:
+        raise ConfigError(f"budget {text!r}: unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
+    metric = METRICS[name]
+    parameter: float | None = None
+    if match["param"] is not None:
+        if metric.parameter is None:
+            raise ConfigError(f"budget {text!r}: {name} takes no @parameter")
+        try:
+            parameter = float(match["param"])
+        except ValueError:
+            raise ConfigError(f"budget {text!r}: {match['param']!r} is not a number") from None
+        if not 0 < parameter < 1:
+            raise ConfigError(f"budget {text!r}: the {metric.parameter} must lie in (0, 1)")
+    elif metric.parameter is not None:
+        parameter = metric.default_parameter
+    value = float(match["value"])
+    unit = match["unit"]
+    if unit == "x":
+        if value <= 0:
+            raise ConfigError(f"budget {text!r}: a relative budget must be positive")
+        return Budget(name, None, value, text.strip(), parameter)
+    factors = UNITS[metric.unit]
+    factor = factors.get(unit.lower()) if unit else (1.0 if "" in factors else None)
+    if factor is None:
+        spellings = ", ".join(sorted(u for u in factors if u)) or "none"
+        raise ConfigError(f"budget {text!r}: unit {unit or '(none)'!r} does not fit {name}; use one of {spellings}, or x")
+    if value <= 0:
+        raise ConfigError(f"budget {text!r}: the limit must be positive")
+    return Budget(name, value * factor, None, text.strip(), parameter)
+
+
+def parse_budgets(texts: Iterable[str]) -> list[Budget]:
+    budgets = [parse_budget(t) for t in texts]
+    keys = [b.key for b in budgets]
+    duplicate = next((k for k in keys if keys.count(k) > 1), None)
+    if duplicate:
+        raise ConfigError(f"two budgets constrain {duplicate}; keep one")
+    return budgets
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """A value in its canonical unit, printed for people."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if unit == "bytes":
+        return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
+    return f"{value:.3f} {unit}" if unit != "count" else f"{value:g}"
