@@ -6,9 +6,9 @@ import re
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgecompress.errors import ConfigError
 
@@ -26,14 +26,28 @@ class _Strict(BaseModel):
 
 
 class SshSettings(_Strict):
-    """Where the device is: a host name or an alias from ~/.ssh/config."""
+    """Where the device is: a host name or an alias from ~/.ssh/config (whose HostName, User, Port, IdentityFile,
+    ProxyCommand and ProxyJump apply unless set here). Authentication is by key or ssh-agent, never by password."""
 
     host: str
     user: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     identity_file: str | None = None
+    allow_agent: bool = True
     connect_timeout_s: float = Field(default=15.0, gt=0)
     keepalive_s: float = Field(default=15.0, ge=0)
+    config_file: str | None = None  # default ~/.ssh/config
+    known_hosts: str | None = None  # default: UserKnownHostsFile from the ssh config, else ~/.ssh/known_hosts
+    accept_new_host: bool = False  # like OpenSSH StrictHostKeyChecking=accept-new; a changed key is always refused
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("password", "passphrase"):
+                if key in data:
+                    raise ValueError(f"{key} is not accepted in a profile: use a key file or ssh-agent (ssh-add)")
+        return data
 
 
 class RuntimeSettings(_Strict):
