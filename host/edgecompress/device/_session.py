@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from edgecompress_agent import PROTOCOL_VERSION
 from edgecompress_agent.protocol import ProtocolError, read_frame, write_frame
 
 CHUNK_BYTES = 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -149,14 +150,12 @@ class Session:
             raise AgentError(str(error.get("type")), f"{op} on {self.transport.name}: {error.get('message')}")
         return header.get("result") or {}, data
 
-    def request(self, op: str, fields: dict[str, Any] | None = None, payload: bytes | None = None,
-                timeout_s: float = 60.0) -> tuple[dict[str, Any], bytes]:
-        """Send one request, re-opening the link and retrying when it is lost (requests are idempotent)."""
+    def _retrying(self, action: Callable[[], T]) -> T:
+        """Run ``action``; on a lost link re-open it and retry, with exponential backoff, a bounded number of times."""
         attempt = 0
         while True:
             try:
-                channel = self._open()
-                return self._roundtrip(channel, op, fields or {}, payload, timeout_s)
+                return action()
             except ConnectionLost as exc:
                 self._drop()
                 attempt += 1
@@ -166,9 +165,14 @@ class Session:
                 self.on_event(f"link to {self.transport.name} lost, retry {attempt}/{self.retries}: {exc}")
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
 
+    def request(self, op: str, fields: dict[str, Any] | None = None, payload: bytes | None = None,
+                timeout_s: float = 60.0) -> tuple[dict[str, Any], bytes]:
+        """Send one request, re-opening the link and retrying when it is lost (requests are idempotent)."""
+        return self._retrying(lambda: self._roundtrip(self._open(), op, fields or {}, payload, timeout_s))
+
     def hello(self) -> dict[str, Any]:
         """Open the link (if needed) and return what the agent reports about the device."""
-        self._open()
+        self._retrying(self._open)
         return self.info
 
     def put_model(self, data: bytes, progress: Callable[[int, int], None] | None = None) -> str:

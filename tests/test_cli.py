@@ -1,0 +1,64 @@
+"""The command line: readable tables, JSON for machines, one clear line for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgecompress", *args], capture_output=True, text=True,
+                          env=env or dict(os.environ), timeout=300)
+
+
+@pytest.fixture()
+def cli_env(tmp_path):
+    return dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), COLUMNS="120")
+
+
+def test_bench_prints_a_table(tiny_onnx, cli_env):
+    result = run_cli("bench", str(tiny_onnx), "--runs", "20", "--min-seconds", "0", "--threads", "1", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    for word in ("mean", "p50", "p99", "p999", "max", "first inference", "load"):
+        assert word in result.stdout
+
+
+def test_bench_json(tiny_onnx, cli_env):
+    result = run_cli("bench", str(tiny_onnx), "--runs", "10", "--min-seconds", "0", "--json", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["latency"]["count"] == 10 and data["device"] == "local" and len(data["sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "missing.onnx"], "does not exist"),
+        (["bench", "pyproject.toml"], "neither an ONNX model nor a TFLite"),
+        (["bench", "TINY", "--device", "no-such-device"], "unknown device 'no-such-device'"),
+        (["devices", "info", "no-such-device"], "unknown device"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_nonzero_exit(args, message, tiny_onnx, cli_env):
+    args = [str(tiny_onnx) if a == "TINY" else a for a in args]
+    result = run_cli(*args, env=cli_env)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_devices_lists_profiles_and_info_reports_hello(cli_env):
+    listing = run_cli("devices", env=cli_env)
+    assert listing.returncode == 0 and "local" in listing.stdout
+    info = run_cli("devices", "info", "local", "--json", env=cli_env)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["runtimes"][0]["name"] == "onnxruntime"
+
+
+def test_debug_shows_the_traceback(cli_env):
+    result = run_cli("--debug", "bench", "missing.onnx", env=cli_env)
+    assert result.returncode != 0 and "Traceback" in result.stderr
