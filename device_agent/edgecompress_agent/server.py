@@ -5,7 +5,7 @@ import sys
 import time
 import traceback
 
-from . import PROTOCOL_VERSION, __version__, measure, runtimes, system
+from . import PROTOCOL_VERSION, __version__, measure, power, runtimes, system, thermal
 from .cache import ModelCache, check_sha256
 from .protocol import FrameError, ProtocolError, read_frame, write_frame
 
@@ -117,7 +117,7 @@ class Agent(object):
             "python": system.python_info(), "board": system.board(self.root), "l4t": system.l4t_release(self.root),
             "cpu": system.cpu(self.root), "memory": system.memory(self.root),
             "thermal_zones": system.thermal_zones(self.root), "cpufreq": system.cpufreq(self.root),
-            "cache_dir": self.cache_dir, "power_sources": [],
+            "cache_dir": self.cache_dir, "power_sources": power.detect(self.root),
         }
         info.update(runtimes.detect())
         return info
@@ -155,23 +155,73 @@ class Agent(object):
         if affinity is not None and not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in affinity):
             raise FrameError("'affinity' must be a list of CPU numbers")
         shapes = _field(header, "input_shapes", (dict,))
+        heat = self._heat_fields(header)
+        reader = self._power_reader(header)
+        idle_seconds = _field(header, "idle_seconds", _NUMBER, default=0.5, low=0, high=60)
+        interval = _field(header, "power_interval_s", _NUMBER, default=0.01, low=0.001, high=10)
         runner, load_ns = self._runner(header)
         feeds = runtimes.random_inputs(runner, shapes)
-        before = {"thermal": system.thermal_zones(self.root), "cpufreq": system.cpufreq(self.root)}
         started = time.time()
-        with measure.Affinity(affinity):
-            t0 = measure.now_ns()
-            runner.run(feeds)
-            first_ns = measure.now_ns() - t0
-            latencies, warm_done, wall_ns = measure.timed_runs(
-                lambda: runner.run(feeds), warmup_runs, warmup_seconds, runs, min_seconds, max_seconds)
-        after = {"thermal": system.thermal_zones(self.root), "cpufreq": system.cpufreq(self.root)}
-        return {
-            "latencies_ns": latencies, "load_ns": load_ns, "first_inference_ns": first_ns,
-            "warmup_runs": warm_done, "window_ns": wall_ns, "started_unix": started,
+        first = [None]
+
+        def attempt(cool_wait):
+            """Cool-down wait, idle power, then the timed runs with power sampled alongside."""
+            before = thermal.state(self.root)
+            before["wait"] = cool_wait
+            idle_trace, idle_w = power.idle_reading(reader, idle_seconds, interval) if reader else (None, None)
+            sampler = power.Sampler(reader, interval).start() if reader else None
+            with measure.Affinity(affinity):
+                if first[0] is None:
+                    t0 = measure.now_ns()
+                    runner.run(feeds)
+                    first[0] = measure.now_ns() - t0
+                latencies, warm_done, wall_ns = measure.timed_runs(
+                    lambda: runner.run(feeds), warmup_runs, warmup_seconds, runs, min_seconds, max_seconds)
+                window_end = measure.now_ns()
+            trace = sampler.stop() if sampler else None
+            after = thermal.state(self.root)
+            return {"latencies_ns": latencies, "warmup_runs": warm_done, "window_ns": wall_ns,
+                    "window_start_ns": window_end - wall_ns, "window_end_ns": window_end,
+                    "power_trace": trace, "idle_power_w": idle_w, "idle_trace": idle_trace,
+                    "before": before, "after": after, "throttled": thermal.throttled_during(before, after)}
+
+        result = attempt(self._cool(heat, False))
+        if result["throttled"] and heat["repeat_if_throttled"]:
+            # Once, after a cool-down: a throttled window measures the heat, not the model.
+            discarded = dict((k, result[k]) for k in ("before", "after", "window_ns"))
+            discarded["runs"] = len(result["latencies_ns"])
+            result = attempt(self._cool(heat, True))
+            result["repeated"] = {"reason": "throttled", "discarded": discarded}
+        result.update({
+            "load_ns": load_ns, "first_inference_ns": first[0], "started_unix": started,
             "providers": runner.providers, "inputs": runner.inputs, "affinity": affinity,
-            "before": before, "after": after,
+            "power_source": reader.describe() if reader else None,
+        })
+        return result
+
+    def _heat_fields(self, header):
+        return {
+            "start_temp_c": _field(header, "start_temp_c", _NUMBER, low=-50, high=150),
+            "max_wait_s": _field(header, "max_wait_s", _NUMBER, default=120.0, low=0, high=3600),
+            "repeat_if_throttled": _field(header, "repeat_if_throttled", (bool,), default=True),
         }
+
+    def _cool(self, heat, after_throttling):
+        """Wait until cool (and, before a repeat, until throttling stops), bounded; None when there is no reason."""
+        if heat["start_temp_c"] is None and not after_throttling:
+            return None
+        return thermal.wait_until_cool(self.root, heat["start_temp_c"], heat["max_wait_s"],
+                                       need_unthrottled=after_throttling)
+
+    def _power_reader(self, header):
+        if not _field(header, "power", (bool,), default=True):
+            return None
+        source = _field(header, "power_source", (str,), default="auto")
+        command = _field(header, "power_command", (str,))
+        try:
+            return power.open_source(self.root, source, command)
+        except power.PowerError as exc:
+            raise FrameError(str(exc))
 
     def validate(self, header, payload):
         specs = _field(header, "inputs", (list,), required=True)

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgecompress.analysis import LatencyStats, latency_stats
+from edgecompress.analysis import EnergyStats, LatencyStats, TailEstimate, energy_stats, latency_stats, pwcet
 from edgecompress.device import Measurement
-from edgecompress.errors import ConfigError
+from edgecompress.errors import BudgetError, ConfigError
 
 # Canonical unit of each quantity, and every accepted spelling with its factor to the canonical unit.
 UNITS: dict[str, dict[str, float]] = {
@@ -41,6 +41,22 @@ class Evidence:
         cached = self.extra.get("_latency")
         return cached if cached is not None else latency_stats(self.measurement)
 
+    @property
+    def tail(self) -> TailEstimate | None:
+        if self.measurement is None:
+            return None
+        cached = self.extra.get("_tail")
+        return cached if cached is not None else pwcet(self.measurement.latencies_ns)
+
+    @property
+    def energy(self) -> EnergyStats | None:
+        """None when there is no measurement or the device has no power source (never zero)."""
+        if self.measurement is None:
+            return None
+        if "_energy" in self.extra:
+            return self.extra["_energy"]
+        return energy_stats(self.measurement)
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -53,6 +69,7 @@ class Metric:
     help: str
     parameter: str | None = None  # e.g. "exceedance probability" for latency.pwcet@1e-6
     default_parameter: float | None = None
+    requires: str | None = None  # "power": only measurable on a device with a power source
 
 
 METRICS: dict[str, Metric] = {}
@@ -74,6 +91,58 @@ def _latency(statistic: str) -> Callable[[Evidence, float | None], float | None]
 for _stat in ("mean", "min", "p50", "p90", "p95", "p99", "p999", "max"):
     register(Metric(f"latency.{_stat}", "ms", False, _latency(_stat), f"{_stat} of per-inference latency"))
 register(Metric("size", "bytes", True, lambda e, p: float(e.size_bytes), "size of the deployed artifact"))
+
+
+def _pwcet(evidence: Evidence, parameter: float | None) -> float | None:
+    tail = evidence.tail
+    return None if tail is None else tail.quantile_ms(parameter if parameter is not None else 1e-9)
+
+
+def _energy(attribute: str) -> Callable[[Evidence, float | None], float | None]:
+    def compute(evidence: Evidence, parameter: float | None) -> float | None:
+        energy = evidence.energy
+        return None if energy is None else getattr(energy, attribute)
+
+    return compute
+
+
+register(Metric("latency.pwcet", "ms", False, _pwcet,
+                "probabilistic WCET: latency exceeded with the given probability per run (EVT; observed max "
+                "when the runs are not i.i.d.)", parameter="exceedance probability", default_parameter=1e-9))
+register(Metric("energy", "mJ", False, _energy("energy_mj"), "energy per inference over the timed window",
+                requires="power"))
+register(Metric("energy.active", "mJ", False, _energy("active_energy_mj"),
+                "energy per inference above the idle power measured before warm-up", requires="power"))
+register(Metric("power.mean", "W", False, _energy("mean_power_w"), "mean power over the timed window",
+                requires="power"))
+
+
+def check_budgets_measurable(budgets: Iterable[Budget], hello_info: Mapping[str, Any],
+                             power_source: str = "auto", power_command: str | None = None) -> None:
+    """A BudgetError, before any search, for a budget the device cannot measure (energy without a power source).
+
+    ``hello_info`` is what the agent's hello reported; ``power_source``/``power_command`` are the profile's.
+    """
+    needing = [b.text for b in budgets if b.spec.requires == "power"]
+    if not needing:
+        return
+    found = [s.get("name") for s in hello_info.get("power_sources") or []]
+    if power_source == "none":
+        reason = "the device profile sets power.source = 'none'"
+    elif power_source == "command" or power_source == "auto" and power_command:
+        if power_command:
+            return
+        reason = "power.source = 'command' needs power.command"
+    elif power_source == "auto":
+        if found:
+            return
+        reason = "the device reports no power source (no INA3221 rails, Pi 5 PMIC, readable RAPL) and the " \
+                 "profile has no power.command"
+    elif power_source in found:
+        return
+    else:
+        reason = f"power source {power_source!r} is not on the device (found: {', '.join(found) or 'none'})"
+    raise BudgetError(f"cannot check {', '.join(needing)} on {hello_info.get('board') or 'this device'}: {reason}")
 
 
 _BUDGET = re.compile(

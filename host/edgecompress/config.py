@@ -67,13 +67,18 @@ class MeasureSettings(_Strict):
 
 
 class PowerSettings(_Strict):
+    """Power source: auto, none, command (``command`` prints W or J), ina3221, ina3221x, pi5-pmic, rapl."""
+
     source: str = "auto"
     command: str | None = None
+    interval_s: float = Field(default=0.01, ge=0.001, le=10)
+    idle_seconds: float = Field(default=0.5, ge=0, le=60)
 
 
 class ThermalSettings(_Strict):
     start_temp_c: float | None = None
     max_wait_s: float = Field(default=120.0, ge=0)
+    repeat_if_throttled: bool = True
 
 
 class DeviceProfile(_Strict):
@@ -90,6 +95,7 @@ class DeviceProfile(_Strict):
     power: PowerSettings = Field(default_factory=PowerSettings)
     thermal: ThermalSettings = Field(default_factory=ThermalSettings)
     facts: dict[str, str] = Field(default_factory=dict)
+    sysfs_root: str | None = None  # local agent only: a fixture tree read instead of /sys and /proc
 
 
 def _describe(error: ValidationError) -> str:

@@ -8,11 +8,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from edgecompress.analysis import latency_stats
 from edgecompress.artifact import load_artifact
 from edgecompress.cli._app import app, console, err_console
 from edgecompress.config import resolve_device
 from edgecompress.device import measure_request, open_session
+from edgecompress.observe import observe
 
 
 @app.command()
@@ -34,15 +34,19 @@ def bench(
     session = open_session(profile, on_event=lambda m: err_console.print(f"[yellow]{m}[/]"))
     try:
         sha = session.put_model(artifact.data)
-        measurement = session.measure(sha, spec)
+        observation = observe(session, sha, len(artifact.data), spec)
         hello = session.hello()
     finally:
         session.close()
-    stats = latency_stats(measurement)
+    measurement, stats = observation.measurement, observation.latency
+    tail, energy = observation.tail, observation.energy
     if as_json:
         print(json.dumps({"model": str(model), "sha256": sha, "device": profile.name, "runtime": spec.runtime,
                           "board": hello.get("board"), "latency": stats.to_json(),
-                          "providers": measurement.raw.get("providers")}, indent=2))
+                          "providers": measurement.raw.get("providers"),
+                          "tail": tail.to_json() if tail else None, "energy": energy.to_json() if energy else None,
+                          "flags": list(observation.flags), "thermal": observation.details.get("thermal")},
+                         indent=2))
         return
     table = Table(title=f"{model.name} on {profile.name} ({hello.get('board')}), {spec.runtime}", title_justify="left")
     table.add_column("statistic")
@@ -52,4 +56,22 @@ def bench(
     table.add_row("runs", str(stats.count))
     table.add_row("first inference", f"{stats.first_inference_ms:.3f}")
     table.add_row("load", f"{stats.load_ms:.3f}")
+    if tail is not None:
+        for p, value in tail.pwcet_ms.items():
+            table.add_row(f"pWCET @{p:g}/run", f"{value:.3f}")
     console.print(table)
+    if tail is not None:
+        verdict = tail.iid.verdict() if tail.iid else "i.i.d. not checked (too few runs)"
+        console.print(f"pWCET by {tail.method}; {verdict}", highlight=False)
+        for warning in tail.warnings:
+            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if energy is None:
+        console.print("energy/power: unavailable (no power source on the device)", highlight=False)
+    else:
+        active = "n/a" if energy.active_energy_mj is None else f"{energy.active_energy_mj:.3f} mJ"
+        idle = "n/a" if energy.idle_power_w is None else f"{energy.idle_power_w:.3f} W"
+        partial = ", partial: not all rails" if energy.partial else ""
+        console.print(f"energy {energy.energy_mj:.3f} mJ/inference (above idle {active}), mean power "
+                      f"{energy.mean_power_w:.3f} W, idle {idle} [{energy.source}{partial}]", highlight=False)
+    if observation.flags:
+        console.print(f"flags: {', '.join(observation.flags)}", highlight=False)

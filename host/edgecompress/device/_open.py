@@ -15,7 +15,7 @@ def transport_for(profile: DeviceProfile, **options: Any) -> Transport:
     """The transport a profile names."""
     if profile.transport == "local":
         return LocalTransport(python=profile.python, cache_dir=options.get("cache_dir") or profile.cache_dir,
-                              name=profile.name)
+                              name=profile.name, sysfs_root=profile.sysfs_root)
     raise ConfigError(f"device {profile.name}: transport {profile.transport!r} is not available yet")
 
 
@@ -27,11 +27,19 @@ def open_session(profile: DeviceProfile, on_event: Callable[[str], None] | None 
 
 
 def measure_request(profile: DeviceProfile, **overrides: Any) -> MeasureRequest:
-    """The profile's measurement defaults, with any non-None overrides."""
+    """The profile's measurement defaults (timing, power, thermal), with any non-None overrides."""
     fields: dict[str, Any] = {
         "runtime": profile.runtime.name, "threads": profile.runtime.threads,
         "providers": tuple(profile.runtime.providers), "affinity": tuple(profile.runtime.affinity),
         **profile.measure.model_dump(),
     }
+    power, heat = profile.power, profile.thermal
+    extra: dict[str, Any] = {
+        "power_source": power.source, "power_command": power.command, "power_interval_s": power.interval_s,
+        "idle_seconds": power.idle_seconds, "start_temp_c": heat.start_temp_c, "max_wait_s": heat.max_wait_s,
+        "repeat_if_throttled": heat.repeat_if_throttled,
+    }
+    extra = {k: v for k, v in extra.items() if v is not None}
+    extra.update(overrides.pop("extra", None) or {})
     fields.update({k: v for k, v in overrides.items() if v is not None})
-    return MeasureRequest(**fields)
+    return MeasureRequest(**fields, extra=extra)

@@ -54,7 +54,10 @@ class MeasureRequest:
 
     def timeout_s(self) -> float:
         """How long a measure may take before the host calls the device hung."""
-        return 120.0 + 2 * (self.max_seconds + self.warmup_seconds) + 0.01 * self.runs
+        # A throttled window is measured again after a cool-down, and both waits are bounded by max_wait_s.
+        attempts = 2 if self.extra.get("repeat_if_throttled", True) else 1
+        waits = 2 * float(self.extra.get("max_wait_s") or 0) + float(self.extra.get("idle_seconds", 0.5))
+        return 120.0 + attempts * (2 * (self.max_seconds + self.warmup_seconds) + 0.01 * self.runs) + waits
 
 
 @dataclass(frozen=True)

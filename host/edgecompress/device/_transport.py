@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import edgecompress_agent
+
 from edgecompress.errors import DeviceError
 
 
@@ -59,10 +60,12 @@ def agent_source_root() -> Path:
     return Path(edgecompress_agent.__file__).resolve().parent.parent
 
 
-def agent_args(cache_dir: str | None) -> list[str]:
+def agent_args(cache_dir: str | None, sysfs_root: str | None = None) -> list[str]:
     args = ["-m", "edgecompress_agent"]
     if cache_dir:
         args += ["--cache-dir", cache_dir]
+    if sysfs_root:
+        args += ["--sysfs-root", sysfs_root]
     return args + ["serve"]
 
 
@@ -100,10 +103,12 @@ class _ProcessChannel:
 class LocalTransport:
     """Runs the agent as a subprocess of the host: the embedded default device."""
 
-    def __init__(self, python: str | None = None, cache_dir: str | None = None, name: str = "local"):
+    def __init__(self, python: str | None = None, cache_dir: str | None = None, name: str = "local",
+                 sysfs_root: str | None = None):
         self.python = python or sys.executable
         self.cache_dir = cache_dir
         self.name = name
+        self.sysfs_root = sysfs_root  # a fixture tree standing in for /sys and /proc (tests, demos)
 
     def open(self) -> Channel:
         env = dict(os.environ)
@@ -111,7 +116,7 @@ class LocalTransport:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
             process = subprocess.Popen(
-                [self.python, *agent_args(self.cache_dir)],
+                [self.python, *agent_args(self.cache_dir, self.sysfs_root)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                 # Ctrl-C goes to the host, which stops cleanly and then closes the agent itself.
                 start_new_session=True,
