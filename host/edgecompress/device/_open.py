@@ -12,16 +12,22 @@ from edgecompress.errors import ConfigError
 
 
 def transport_for(profile: DeviceProfile, **options: Any) -> Transport:
-    """The transport a profile names."""
+    """The transport a profile names; SSH options: accept_new_host, known_hosts, ssh_config, cache_dir, on_event."""
     if profile.transport == "local":
         return LocalTransport(python=profile.python, cache_dir=options.get("cache_dir") or profile.cache_dir,
                               name=profile.name, sysfs_root=profile.sysfs_root)
+    if profile.transport == "ssh":
+        from edgecompress.device._ssh import SshTransport  # paramiko is only imported for SSH devices
+
+        return SshTransport(profile, accept_new_host=options.get("accept_new_host"),
+                            known_hosts=options.get("known_hosts"), ssh_config=options.get("ssh_config"),
+                            cache_dir=options.get("cache_dir"), on_event=options.get("on_event"))
     raise ConfigError(f"device {profile.name}: transport {profile.transport!r} is not available yet")
 
 
 def open_session(profile: DeviceProfile, on_event: Callable[[str], None] | None = None, **options: Any) -> Session:
     """Start (or reach) the agent for a profile and say hello; use as a context manager."""
-    session = Session(transport_for(profile, **options), on_event=on_event)
+    session = Session(transport_for(profile, on_event=on_event, **options), on_event=on_event)
     session.hello()
     return session
 

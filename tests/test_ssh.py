@@ -1,0 +1,217 @@
+"""SSH devices against a real sshd on loopback: bootstrap, host keys, ssh config, reconnects."""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from edgecompress.config import resolve_device
+from edgecompress.device import measure_request, open_session
+from edgecompress.device._ssh import HostKeyError
+from edgecompress.errors import ConnectionLost, DeviceError
+from sshd import (
+    SshServer,
+    cpu_ticks,
+    dense_onnx,
+    free_port,
+    keygen,
+    serve_for_tests,
+    trusted_device,
+    wait_until,
+    write_profile,
+)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    yield from serve_for_tests(tmp_path_factory)
+
+
+@pytest.fixture
+def ssh_device(sshd: SshServer, tmp_path: Path) -> Path:
+    return trusted_device(sshd, tmp_path / "device")
+
+
+def _measure_in_thread(session, sha, spec):
+    """Run a measurement in the background; returns (thread, box) where box gets the result or the error."""
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = session.measure(sha, spec)
+        except Exception as exc:  # handed to the test thread, which re-raises it
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _wait_measuring(pid: int, baseline: int, box: dict) -> None:
+    # The agent only burns CPU while it measures: 0.3 s of CPU time means inference is under way.
+    wait_until(lambda: "error" in box or cpu_ticks(pid) - baseline >= 30, what=f"agent {pid} to start measuring")
+
+
+def test_first_connection_bootstraps_then_second_is_cached(ssh_device: Path, tmp_path: Path) -> None:
+    profile = resolve_device(str(ssh_device))
+    events: list[str] = []
+    with open_session(profile, on_event=events.append) as session:
+        boot = session.transport.last_bootstrap
+        assert boot.uploaded and not boot.probe.agent_present
+        assert Path(boot.probe.agent_dir, "edgecompress_agent", "__main__.py").is_file()
+        assert boot.probe.agent_dir.startswith(str(tmp_path / "device" / "device-cache" / "agent"))
+        assert session.info["python"]["executable"] == sys.executable
+        assert [r["name"] for r in session.info["runtimes"]] == ["onnxruntime"]
+        sha = session.put_model(dense_onnx(tmp_path / "m.onnx").read_bytes())
+        result = session.measure(sha, measure_request(profile, runs=5))
+        assert len(result.latencies_ns) >= 5 and min(result.latencies_ns) > 0
+    assert any("installing the agent" in e for e in events)
+    with open_session(profile) as session:
+        assert session.transport.last_bootstrap.uploaded is False
+        # The model cache survives too: a model the agent holds is not sent again.
+        assert session.request("has_model", {"sha256": sha})[0]["cached"] is True
+    # Nothing left behind but the agent and the model: no half-uploaded folders.
+    agent_root = tmp_path / "device" / "device-cache" / "agent"
+    assert [p.name for p in agent_root.iterdir()] == [boot.probe.agent_dir.rsplit("/", 1)[1]]
+
+
+def test_unknown_host_key_is_refused_with_the_way_to_accept_it(sshd: SshServer, tmp_path: Path) -> None:
+    profile = resolve_device(str(write_profile(sshd, tmp_path)))
+    with pytest.raises(HostKeyError) as caught:
+        open_session(profile)
+    message = str(caught.value)
+    assert "unknown" in message and "--accept-new-host" in message
+    assert "SHA256:" in message and "\n" not in message
+    assert (tmp_path / "known_hosts").read_text() == ""
+
+
+def test_accept_new_host_records_the_key_then_it_is_trusted(sshd: SshServer, tmp_path: Path) -> None:
+    profile = resolve_device(str(write_profile(sshd, tmp_path)))
+    known = tmp_path / "known_hosts"
+    other = keygen(tmp_path / "other").with_suffix(".pub").read_text().split()[:2]
+    known.write_text(f"# my hosts\nexample.org {other[0]} {other[1]}")  # no final newline: we must add one
+    with open_session(profile, accept_new_host=True) as session:
+        assert session.info["agent_version"]
+    lines = known.read_text().splitlines()
+    assert lines[0] == "# my hosts" and lines[1].startswith("example.org ")  # appended, not rewritten
+    assert lines[2] + "\n" == sshd.known_hosts_line()
+    assert oct(known.stat().st_mode & 0o777) == "0o600"
+    with open_session(profile) as session:  # now known: no flag needed
+        assert session.info["agent_version"]
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa"])
+def test_changed_host_key_is_refused_even_with_accept_new(sshd: SshServer, tmp_path: Path, kind: str) -> None:
+    # ed25519: the same key type with other bits; rsa: only another type is known, which is no excuse either.
+    impostor = keygen(tmp_path / "impostor", kind)
+    profile = resolve_device(str(write_profile(sshd, tmp_path)))
+    before = sshd.known_hosts_line(impostor)
+    (tmp_path / "known_hosts").write_text(before)
+    for accept in (False, True):
+        with pytest.raises(HostKeyError, match="HAS CHANGED") as caught:
+            open_session(profile, accept_new_host=accept)
+        assert "ssh-keygen -R" in str(caught.value)
+    assert (tmp_path / "known_hosts").read_text() == before
+
+
+def test_ssh_config_alias_gives_hostname_port_user_and_key(sshd: SshServer, tmp_path: Path) -> None:
+    folder = tmp_path / "dev"
+    folder.mkdir()
+    (folder / "ssh_config").write_text(
+        f"Host mypi\n    HostName 127.0.0.1\n    Port {sshd.port}\n    User {getpass.getuser()}\n"
+        f"    IdentityFile {sshd.client_key}\n    IdentitiesOnly yes\n")
+    profile = resolve_device(str(write_profile(sshd, folder, host="mypi", port=None, user=None, identity_file=None)))
+    (folder / "known_hosts").write_text(sshd.known_hosts_line())
+    with open_session(profile) as session:
+        target = session.transport.target
+        assert (target.alias, target.hostname, target.port) == ("mypi", "127.0.0.1", sshd.port)
+        assert session.info["agent_version"]
+
+
+def test_proxy_jump_through_a_bastion(sshd: SshServer, tmp_path: Path) -> None:
+    # The loopback sshd is its own bastion: the device is reached through a direct-tcpip channel of a first login.
+    folder = tmp_path / "dev"
+    folder.mkdir()
+    (folder / "ssh_config").write_text(
+        f"Host bastion\n    HostName 127.0.0.1\n    Port {sshd.port}\n    User {getpass.getuser()}\n"
+        f"    IdentityFile {sshd.client_key}\n\nHost *\n    IdentitiesOnly yes\n    ProxyJump bastion\n")
+    profile = resolve_device(str(write_profile(sshd, folder)))
+    (folder / "known_hosts").write_text(sshd.known_hosts_line())
+    with open_session(profile) as session:
+        assert session.transport.target.proxy_jump == "bastion"
+        assert session.info["agent_version"]
+        serving = sshd.sessions_serving(session.info["pid"])
+        assert serving, "the agent should be a child of an sshd session"
+
+
+def test_missing_python_and_missing_runtime_say_what_to_do(sshd: SshServer, tmp_path: Path) -> None:
+    path = write_profile(sshd, tmp_path)
+    (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+    text = path.read_text()
+    path.write_text(text.replace(f'python = "{sys.executable}"', 'python = "/nonexistent/python3"'))
+    with pytest.raises(DeviceError, match=r"/nonexistent/python3 was not found on loopback.*set python ="):
+        open_session(resolve_device(str(path)))
+    path.write_text(text.replace('name = "onnxruntime"', 'name = "tflite"'))
+    with pytest.raises(DeviceError) as caught:
+        open_session(resolve_device(str(path)))
+    assert f"no TFLite runtime is importable by {sys.executable} on loopback" in str(caught.value)
+    assert "pip install --user ai-edge-litert" in str(caught.value)
+
+
+def test_agent_killed_mid_measurement_is_restarted_and_retried(ssh_device: Path, tmp_path: Path) -> None:
+    profile = resolve_device(str(ssh_device))
+    events: list[str] = []
+    with open_session(profile, on_event=events.append) as session:
+        session.backoff_s = 0.1
+        sha = session.put_model(dense_onnx(tmp_path / "m.onnx").read_bytes())
+        pid = session.info["pid"]
+        baseline = cpu_ticks(pid)
+        spec = measure_request(profile, runs=10, min_seconds=3.0)
+        thread, box = _measure_in_thread(session, sha, spec)
+        _wait_measuring(pid, baseline, box)
+        os.kill(pid, signal.SIGKILL)
+        thread.join(timeout=60)
+        assert "error" not in box, box.get("error")
+        assert len(box["result"].latencies_ns) >= 10
+        assert session.reconnects == 1 and session.info["pid"] != pid
+        assert session.transport.last_bootstrap.uploaded is False  # the retry did not re-install
+    assert [e for e in events if "lost" in e] == [events[-1]] and "agent was killed" in events[-1]
+
+
+def test_ssh_connection_cut_mid_measurement_is_reopened(ssh_device: Path, sshd: SshServer, tmp_path: Path) -> None:
+    profile = resolve_device(str(ssh_device))
+    events: list[str] = []
+    with open_session(profile, on_event=events.append) as session:
+        session.backoff_s = 0.1
+        sha = session.put_model(dense_onnx(tmp_path / "m.onnx").read_bytes())
+        pid = session.info["pid"]
+        connections = session.transport.connections
+        baseline = cpu_ticks(pid)
+        thread, box = _measure_in_thread(session, sha, measure_request(profile, runs=10, min_seconds=3.0))
+        _wait_measuring(pid, baseline, box)
+        sshd.cut_connection(pid)
+        thread.join(timeout=60)
+        assert "error" not in box, box.get("error")
+        assert len(box["result"].latencies_ns) >= 10
+        assert session.reconnects == 1 and session.transport.connections == connections + 1
+    lost = [e for e in events if "lost" in e]
+    assert len(lost) == 1 and "link to loopback lost" in lost[0]
+
+
+def test_device_down_gives_up_after_bounded_retries(ssh_device: Path, sshd: SshServer) -> None:
+    profile = resolve_device(str(ssh_device))
+    session = open_session(profile)
+    session.backoff_s = 0.05
+    # The device goes away for good: every re-open is refused.
+    session.transport.target = dataclasses.replace(session.transport.target, port=free_port())
+    sshd.cut_connection(session.info["pid"])
+    with pytest.raises(ConnectionLost, match=r"connection refused.*gave up after 3 retries"):
+        session.request("has_model", {"sha256": "0" * 64})
+    assert session.reconnects == 3
