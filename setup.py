@@ -9,5 +9,5 @@ setup(
         "edgecompress.profiles": "profiles",
     },
     packages=[*find_packages("host"), "edgecompress_agent", "edgecompress.profiles"],
-    package_data={"edgecompress.profiles": ["*.toml"]},
+    package_data={"edgecompress.profiles": ["*.toml"], "edgecompress": ["checkpoints/*.pt"]},
 )
