@@ -1,0 +1,193 @@
+"""edgecompress check (the nightly hardware regression gate) and edgecompress history (its trend)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgecompress.artifact import load_artifact
+from edgecompress.budgets import METRICS, parse_budgets
+from edgecompress.cli._app import app, console, err_console
+from edgecompress.config import resolve_device
+from edgecompress.device import measure_request
+from edgecompress.errors import BudgetError, ConfigError, DeviceError
+from edgecompress.gate import CheckResult, load_baseline, load_check_config, merge_budgets, run_check
+from edgecompress.history import append_result, format_metric, plot_trend, read_history, trend
+from edgecompress.report import write_json, write_junit, write_junit_error, write_markdown, write_markdown_error
+
+CHECK_EXIT_CODES = """Exit codes: 0 every budget met and no regression; 1 a budget failed or the model regressed (each
+failure named on one line); 2 usage or configuration error, or a budget this device cannot measure; 3 device unreachable
+or agent failure."""
+
+
+def _output_folder_ok(path: str | None, flag: str) -> None:
+    """Fail before spending device time when an output cannot be written."""
+    if path is None or path == "-":
+        return
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: folder {folder} does not exist")
+
+
+@app.command(epilog=CHECK_EXIT_CODES)
+def check(
+    model: Annotated[Path, typer.Argument(help="The .onnx or .tflite model to check.")],
+    device: Annotated[str | None, typer.Option(
+        "--device", "-d", help="Profile name, .toml file, or user@host[:port].")] = None,
+    budget: Annotated[list[str] | None, typer.Option(
+        "--budget", "-b", help="A budget such as 'latency.p99<=20ms' or 'latency.p50<=1.05x' (relative to the "
+        "baseline); repeatable. Replaces a configured budget on the same metric.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="edgecompress.toml with [check] and [budgets].")] = None,
+    baseline: Annotated[Path | None, typer.Option(help="Compare with this previous --json result.")] = None,
+    history: Annotated[Path | None, typer.Option(
+        help="JSON-lines history: the baseline is its last passing run of this model, device and runtime (unless "
+        "--baseline); this run is appended.")] = None,
+    junit: Annotated[str | None, typer.Option(help="Write JUnit XML here ('-' for stdout).")] = None,
+    json_path: Annotated[str | None, typer.Option(
+        "--json", help="Write the JSON result here, raw latencies included (a later --baseline).")] = None,
+    markdown: Annotated[str | None, typer.Option(
+        help="Write a Markdown summary here (append it to $GITHUB_STEP_SUMMARY).")] = None,
+    runs: Annotated[int | None, typer.Option(
+        min=1, help="At least this many timed inferences (default: the profile's).")] = None,
+    min_seconds: Annotated[float | None, typer.Option(
+        min=0, help="Time at least this long (default: the profile's).")] = None,
+    tolerance: Annotated[list[str] | None, typer.Option(
+        help="Tolerated slowdown: '5%' sets the default (5%), 'latency.p99=10%' also tests that metric; "
+        "repeatable.")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="The model's name in the history (default: its file name).")] = None,
+    accept_new_host: Annotated[bool, typer.Option(
+        "--accept-new-host", help="Trust an SSH host key not yet in known_hosts (and remember it), like "
+        "OpenSSH's accept-new.")] = False,
+) -> None:
+    """Measure MODEL on a device, apply every budget and test for a slowdown against a baseline (for nightly CI)."""
+    settings = load_check_config(config)
+    device_name = device or settings.device
+    if device_name is None:
+        raise ConfigError("no device: give --device NAME (or device = ... under [check] in the config)")
+    budgets = merge_budgets(settings.budgets(), parse_budgets(budget or []))
+    regression = settings.regression.with_tolerances(tolerance or [])
+    profile = resolve_device(device_name)
+    artifact = load_artifact(model)
+    model_name = name or settings.name or model.name
+    spec = measure_request(profile, runs=runs or settings.runs,
+                           min_seconds=settings.min_seconds if min_seconds is None else min_seconds,
+                           runtime=artifact.runtime)
+    for path, flag in ((junit, "--junit"), (json_path, "--json"), (markdown, "--markdown")):
+        _output_folder_ok(path, flag)
+    history_path = history or (Path(settings.history) if settings.history else None)
+    baseline_path = baseline or (Path(settings.baseline) if settings.baseline else None)
+    if history_path is not None:
+        _output_folder_ok(str(history_path), "--history")
+    base = None
+    if baseline_path is not None:
+        base = load_baseline(baseline_path)
+    elif history_path is not None:
+        past = read_history(history_path)
+        for problem in past.problems:
+            err_console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+        base = past.baseline(model_name, profile.name, spec.runtime, regression.baseline_runs)
+
+    try:
+        with err_console.status(f"measuring {model.name} on {profile.name}"):
+            result = run_check(artifact, model=model_name, model_path=str(model), profile=profile, spec=spec,
+                               budgets=budgets, regression=regression, baseline=base,
+                               on_event=lambda m: err_console.print(f"[yellow]{m}[/]"),
+                               accept_new_host=accept_new_host)
+    except (DeviceError, BudgetError) as exc:
+        # CI should show a red case, not a missing report, when the board is down or cannot measure a budget.
+        if junit:
+            write_junit_error(model_name, profile.name, str(exc), junit)
+        if markdown:
+            write_markdown_error(model_name, profile.name, str(exc), markdown)
+        raise
+
+    if junit:
+        write_junit(result, junit)
+    if json_path:
+        write_json(result, json_path)
+    if markdown:
+        write_markdown(result, markdown)
+    if history_path is not None:
+        append_result(history_path, result)
+    if "-" not in (junit, json_path, markdown):  # stdout belongs to the report that was asked for there
+        _print_result(result)
+    for line in result.problems():
+        err_console.print(line, highlight=False, soft_wrap=True)
+    sys.exit(result.exit_code)
+
+
+def _print_result(result: CheckResult) -> None:
+    colour = {"pass": "green", "fail": "red", "error": "yellow", "skipped": "dim"}
+    table = Table(title=f"{result.model} on {result.device} ({result.board}), {result.runtime} "
+                  f"{result.runtime_version}", title_justify="left")
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("figures")
+    for b in result.budgets:
+        table.add_row(b.budget, f"[{colour[b.status]}]{b.status}[/]", b.message)
+    for r in result.regressions:
+        table.add_row(f"regression {r.metric}", f"[{colour[r.status]}]{r.status}[/]", r.message)
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print("[green]passed[/]" if result.passed else "[red]failed[/]")
+
+
+@app.command("history")
+def history_command(
+    path: Annotated[Path, typer.Argument(help="The history file written by check --history.")],
+    model: Annotated[str | None, typer.Option(help="Only this model (its name in the history).")] = None,
+    device: Annotated[str | None, typer.Option("--device", "-d", help="Only this device profile.")] = None,
+    runtime: Annotated[str | None, typer.Option(help="Only this runtime (onnxruntime, tflite).")] = None,
+    metric: Annotated[list[str] | None, typer.Option(
+        help="Metrics to show; repeatable (default: latency.p50 and latency.p99).")] = None,
+    last: Annotated[int | None, typer.Option(min=1, help="Only the last N runs.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also save the trend as a PNG plot here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Show the trend of a model on a device from the check history; optionally plot it."""
+    metric = metric or ["latency.p50", "latency.p99"]
+    for name in metric:
+        if name.split("@", 1)[0] not in METRICS:
+            raise ConfigError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
+    past = read_history(path, must_exist=True)
+    for problem in past.problems:
+        err_console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+    series = [s for s in past.series() if (model is None or s[0] == model) and (device is None or s[1] == device)
+              and (runtime is None or s[2] == runtime)]
+    if not series:
+        known = "; ".join(f"{m} on {d} ({r})" for m, d, r in past.series()) or "none"
+        raise ConfigError(f"no runs in {path} match; the history holds: {known}")
+    if plot is not None and len(series) > 1:
+        choices = "; ".join(f"--model {m} --device {d}" for m, d, _ in series)
+        raise ConfigError(f"--plot draws one model on one device; choose with {choices}")
+    output = []
+    for model_name, device_name, runtime_name in series:
+        rows = trend(past.select(model_name, device_name, runtime_name), metric)[-last if last else None:]
+        title = f"{model_name} on {device_name} ({runtime_name})"
+        if as_json:
+            output.append({"model": model_name, "device": device_name, "runtime": runtime_name,
+                           "runs": [r.to_json() for r in rows]})
+            continue
+        table = Table(title=title, title_justify="left")
+        for column in ("when (UTC)", "model", "runtime", *metric, "ratio", "result"):
+            table.add_column(column, justify="right" if column in metric or column == "ratio" else "left",
+                             no_wrap=column in ("when (UTC)", "model"))
+        for r in rows:
+            table.add_row(r.started_utc.replace("T", " ").rstrip("Z"), r.sha256[:8], r.runtime_version or "?",
+                          *(format_metric(m, r.values.get(m)) for m in metric),
+                          "" if r.ratio is None else f"{r.ratio:.3f}",
+                          "[green]pass[/]" if r.passed else f"[red]fail[/] {', '.join(r.failed)}")
+        console.print(table)
+        if plot is not None:
+            plot_trend(rows, metric, plot, title)
+            console.print(f"plot saved to {plot}")
+    if as_json:
+        print(json.dumps(output, indent=1))

@@ -1,0 +1,20 @@
+"""The hardware regression gate behind ``edgecompress check``: budgets and a regression test against a baseline."""
+
+from edgecompress.gate._config import (
+    CheckConfig,
+    RegressionSettings,
+    budget_texts,
+    load_check_config,
+    merge_budgets,
+    parse_check_config,
+    parse_tolerance,
+    read_budgets,
+)
+from edgecompress.gate._result import SCHEMA, Baseline, BudgetOutcome, CheckResult, RegressionOutcome
+from edgecompress.gate._run import DeviceRun, budget_targets, evaluate, load_baseline, measure_model, run_check
+
+__all__ = [
+    "SCHEMA", "Baseline", "BudgetOutcome", "CheckConfig", "CheckResult", "DeviceRun", "RegressionOutcome",
+    "RegressionSettings", "budget_targets", "budget_texts", "evaluate", "load_baseline", "load_check_config",
+    "measure_model", "merge_budgets", "parse_check_config", "parse_tolerance", "read_budgets", "run_check",
+]

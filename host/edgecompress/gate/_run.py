@@ -1,0 +1,180 @@
+"""The check itself: measure the model on the device, apply the budgets, compare with the baseline.
+
+Two steps with one concern each: ``measure_model`` spends device time, ``evaluate`` decides from what came back (and
+is what the tests drive with hand-made observations). ``run_check`` chains them, after settling everything that can
+fail without the device (relative budgets without a baseline, unknown regression metrics), so a configuration error
+never costs a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgecompress.analysis import compare_samples, compare_values
+from edgecompress.artifact import Artifact
+from edgecompress.budgets import Budget, check_budgets_measurable, format_value
+from edgecompress.config import DeviceProfile
+from edgecompress.device import MeasureRequest, open_session
+from edgecompress.errors import ConfigError
+from edgecompress.gate._config import RegressionSettings, check_regression_metric
+from edgecompress.gate._result import Baseline, BudgetOutcome, CheckResult, RegressionOutcome
+from edgecompress.observe import Observation, observe
+
+
+@dataclass(frozen=True)
+class DeviceRun:
+    """One measurement of the model and what the agent said about the device."""
+
+    observation: Observation
+    hello: Mapping[str, Any]
+    started_utc: str
+
+
+def load_baseline(path: str | Path) -> Baseline:
+    """A baseline from a previous ``--json`` result."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"baseline {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"baseline {path}: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"baseline {path}: not a check result")
+    return Baseline.from_result_json(data, str(path))
+
+
+def budget_targets(budgets: Sequence[Budget], baseline: Baseline | None) -> dict[str, float]:
+    """The absolute limit of every budget; a relative one (``0.9x``) is relative to the baseline's value."""
+    targets = {}
+    for budget in budgets:
+        if budget.relative is not None and baseline is None:
+            raise ConfigError(f"budget {budget.text!r} is relative to the baseline, but there is none: give "
+                              "--baseline FILE, or --history with a passing run of this model on this device")
+        if budget.relative is not None and baseline is not None and baseline.values.get(budget.key) is None:
+            raise ConfigError(f"budget {budget.text!r} is relative, but the baseline ({baseline.source}) has no "
+                              f"{budget.key}")
+        targets[budget.key] = budget.target(None if baseline is None else baseline.values.get(budget.key))
+    return targets
+
+
+def measure_model(profile: DeviceProfile, artifact: Artifact, spec: MeasureRequest, budgets: Sequence[Budget],
+                  targets: Mapping[str, float] | None = None, on_event: Callable[[str], None] | None = None,
+                  **session_options: Any) -> DeviceRun:
+    """Put the model on the device and measure it; DeviceError (exit 3) when the device or agent fails.
+
+    With ``targets``, a budget whose confidence interval straddles its limit is measured again (observe pools up
+    to two more measurements), so a model right at its budget does not pass or fail by the luck of one run.
+    """
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    session = open_session(profile, on_event=on_event, **session_options)
+    try:
+        hello = session.hello()
+        # Energy on a board without a power source is a configuration error: say so before measuring.
+        check_budgets_measurable(budgets, hello, profile.power.source, profile.power.command)
+        sha = session.put_model(artifact.data)
+        observation = observe(session, sha, artifact.size_bytes, spec, budgets, thresholds=targets)
+    finally:
+        session.close()
+    return DeviceRun(observation=observation, hello=hello, started_utc=started)
+
+
+def apply_budget(budget: Budget, target: float, value: float | None) -> BudgetOutcome:
+    """Pass, fail, or error (the metric has no value on this device)."""
+    unit = budget.unit
+    if value is None or math.isnan(value):
+        return BudgetOutcome(budget.text, budget.key, unit, target, None, "error",
+                             f"{budget.key} could not be measured on this device (no value)")
+    limit = format_value(target, unit)
+    if budget.relative is not None:
+        limit += f" ({budget.relative:g}x the baseline)"
+    if value <= target:
+        return BudgetOutcome(budget.text, budget.key, unit, target, value, "pass",
+                             f"{budget.key} = {format_value(value, unit)} <= {limit}")
+    over = f", {value / target - 1:.1%} over" if target > 0 and math.isfinite(value) else ""
+    return BudgetOutcome(budget.text, budget.key, unit, target, value, "fail",
+                         f"{budget.key} = {format_value(value, unit)} > {limit}{over}")
+
+
+def compare_with_baseline(metric: str, settings: RegressionSettings, baseline: Baseline | None,
+                          latencies_ns: Sequence[int], size_bytes: int, first_run: str) -> RegressionOutcome:
+    """One regression metric against the baseline; skipped without one."""
+    if baseline is None:
+        return RegressionOutcome(metric, "skipped", f"no baseline: {first_run}")
+    policy = settings.policy(metric)
+    try:
+        if metric == "size":
+            result = compare_values(metric, float(baseline.size_bytes), float(size_bytes), policy.tolerance)
+        else:
+            # In ms, the unit of the latency metrics, so the result's values read like the budgets'.
+            result = compare_samples(metric, [x / 1e6 for x in baseline.latencies_ns], [x / 1e6 for x in latencies_ns],
+                                     policy, [v.get(metric) for v in baseline.run_values])
+    except ValueError as exc:
+        return RegressionOutcome(metric, "error", f"cannot compare with the baseline: {exc}")
+    return RegressionOutcome(metric, "fail" if result.regressed else "pass", result.describe(), result)
+
+
+def _runtime_entry(hello: Mapping[str, Any], runtime: str) -> Mapping[str, Any]:
+    return next((r for r in hello.get("runtimes") or () if r.get("name") == runtime), {})
+
+
+def evaluate(run: DeviceRun, *, model: str, model_path: str, device: str, spec: MeasureRequest,
+             budgets: Sequence[Budget], targets: Mapping[str, float], regression: RegressionSettings,
+             baseline: Baseline | None) -> CheckResult:
+    """Decide from one measurement: every budget, every regression metric, and notes on what changed."""
+    observation = run.observation
+    runtime = _runtime_entry(run.hello, spec.runtime)
+    runtime_version = runtime.get("version")
+    outcomes = tuple(apply_budget(b, targets[b.key], observation.values.get(b.key)) for b in budgets)
+    # The whole sample: observe may have pooled extra measurements for a budget close to its limit.
+    parts = (observation.measurement, *observation.extra_measurements)
+    latencies_ns = tuple(x for m in parts for x in m.latencies_ns)
+    first_run = f"no passing run of {model} on {device} with {spec.runtime} yet (a passing run becomes the baseline)"
+    regressions = tuple(
+        compare_with_baseline(metric, regression, baseline, latencies_ns,
+                              observation.size_bytes, first_run)
+        for metric in regression.metrics
+    )
+    notes = list(observation.flags)
+    if baseline is not None:
+        if baseline.device != device:
+            notes.append(f"the baseline was measured on {baseline.device}, this run on {device}")
+        if baseline.runtime_version != runtime_version:
+            notes.append(f"{spec.runtime} changed since the baseline: {baseline.runtime_version} -> {runtime_version}")
+        if baseline.sha256 == observation.sha256:
+            notes.append("same model bytes as the baseline: any difference comes from the device or the runtime")
+    return CheckResult(
+        model=model, model_path=model_path, sha256=observation.sha256, size_bytes=observation.size_bytes,
+        device=device, board=run.hello.get("board"), runtime=spec.runtime, runtime_version=runtime_version,
+        providers=tuple(observation.measurement.raw.get("providers") or ()),
+        agent_version=run.hello.get("agent_version"), started_utc=run.started_utc,
+        settings={"measure": spec.to_fields(), "regression": regression.model_dump()},
+        values=dict(observation.values), latency=dict(observation.latency.to_json()),
+        latencies_ns=latencies_ns, budgets=outcomes, regressions=regressions,
+        baseline=None if baseline is None else {
+            "source": baseline.source, "sha256": baseline.sha256, "started_utc": baseline.started_utc,
+            "device": baseline.device, "runtime_version": baseline.runtime_version,
+        },
+        notes=tuple(notes),
+        extra={"window_s": sum(float(m.raw.get("window_ns") or 0) for m in parts) / 1e9,
+               "observation": {k: v for k, v in observation.to_json().items() if k not in ("values", "latency")},
+               "measurement": {k: v for k, v in observation.measurement.raw.items() if k in ("before", "after")}},
+    )
+
+
+def run_check(artifact: Artifact, *, model: str, model_path: str, profile: DeviceProfile, spec: MeasureRequest,
+              budgets: Sequence[Budget], regression: RegressionSettings, baseline: Baseline | None,
+              on_event: Callable[[str], None] | None = None, **session_options: Any) -> CheckResult:
+    """Check one model on one device: ConfigError before any device time, DeviceError when the device fails."""
+    targets = budget_targets(budgets, baseline)
+    for metric in regression.metrics:
+        check_regression_metric(metric)
+    run = measure_model(profile, artifact, spec, budgets, targets, on_event=on_event, **session_options)
+    return evaluate(run, model=model, model_path=model_path, device=profile.name, spec=spec, budgets=budgets,
+                    targets=targets, regression=regression, baseline=baseline)
