@@ -82,11 +82,27 @@ def _ssh_config(path: str) -> paramiko.SSHConfig:
         raise ConfigError(f"cannot read the SSH config {expanded}: {exc}") from exc
 
 
+def _lookup(config: paramiko.SSHConfig, settings: SshSettings) -> dict[str, Any]:
+    """The ssh config entry for a host, with the profile's user and port taking precedence as command-line options do
+    in OpenSSH, so that tokens such as %p in ProxyCommand expand to the profile's values."""
+    seed = paramiko.SSHConfigDict()
+    if settings.port:
+        seed["port"] = str(settings.port)
+    if settings.user:
+        seed["user"] = settings.user
+    if not seed:
+        return dict(config.lookup(settings.host))
+    # paramiko's public lookup() cannot take command-line options; its two-pass _lookup() can (first value wins).
+    options = config._lookup(settings.host, seed)
+    options.setdefault("hostname", settings.host)
+    return dict(config._lookup(settings.host, options, final=True))
+
+
 def resolve_target(settings: SshSettings, accept_new_host: bool | None = None, known_hosts: str | None = None,
                    config_file: str | None = None) -> SshTarget:
     """Merge a profile's [ssh] table with ~/.ssh/config for its host (which may be an alias there)."""
     config_path = config_file or settings.config_file or DEFAULT_CONFIG
-    entry: dict[str, Any] = dict(_ssh_config(config_path).lookup(settings.host))
+    entry = _lookup(_ssh_config(config_path), settings)
     explicit = settings.model_fields_set
 
     def number(key: str, default: float) -> float:
@@ -213,9 +229,7 @@ def connect(target: SshTarget, sock: Any = None) -> Connection:
                 jumps.append(hop_connection.client)
             sock = _forward(jumps[-1], target)
         elif sock is None and target.proxy_command:
-            command = target.proxy_command.replace("%h", target.hostname).replace("%p", str(target.port))
-            command = command.replace("%r", target.user).replace("%%", "%")
-            sock = paramiko.ProxyCommand(command)
+            sock = paramiko.ProxyCommand(target.proxy_command)  # tokens (%h, %p, %r) were expanded by the lookup
         client = paramiko.SSHClient()
         known = paramiko.HostKeys()
         for path in (SYSTEM_KNOWN_HOSTS, target.known_hosts):
