@@ -36,6 +36,7 @@ class _RailReader(object):
     """Shared by the INA3221 readers: rails in watts, total from the input rail or else a partial sum."""
 
     kind = "power"
+    min_interval_s = 0.001
 
     def __init__(self, channels):
         self.channels = channels  # [(rail label, function returning watts)]
@@ -159,6 +160,8 @@ class PiPmic(object):
     name = "pi5-pmic"
     kind = "power"
     partial = False
+    # A process per reading: sampled faster, it would take a core away from the model being measured.
+    min_interval_s = 0.1
 
     def __init__(self, vcgencmd):
         self.argv = [vcgencmd, "pmic_read_adc"]
@@ -179,6 +182,7 @@ class Rapl(object):
 
     name = "rapl"
     kind = "energy"
+    min_interval_s = 0.001
 
     def __init__(self, root="/"):
         self.domains = []  # [(name, energy path, range in uJ)]
@@ -228,6 +232,7 @@ class Command(object):
     """An external meter: a command from the profile printing watts (``3.2`` or ``3.2 W``) or joules (``J``)."""
 
     name = "command"
+    min_interval_s = 0.1  # a process per reading, as for vcgencmd
 
     def __init__(self, command):
         self.argv = shlex.split(command)
@@ -330,7 +335,7 @@ class Sampler(object):
 
     def __init__(self, reader, interval_s=0.01):
         self.reader = reader
-        self.interval_s = max(float(interval_s), 0.001)
+        self.interval_s = max(float(interval_s), getattr(reader, "min_interval_s", 0.001))
         self.t_ns = []
         self.values = []
         self.errors = []
