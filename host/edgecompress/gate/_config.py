@@ -93,7 +93,11 @@ def read_budgets(data: Mapping[str, Any], origin: str) -> list[Budget]:
     """The parsed budgets of a TOML document (its top-level ``budgets``), for check and tune alike."""
     if "budgets" not in data:
         return []
-    return parse_budgets(budget_texts(data["budgets"], f"{origin}: budgets"))
+    texts = budget_texts(data["budgets"], f"{origin}: budgets")
+    try:
+        return parse_budgets(texts)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from exc
 
 
 def merge_budgets(configured: Iterable[Budget], flags: Iterable[Budget]) -> list[Budget]:
