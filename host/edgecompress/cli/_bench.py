@@ -10,6 +10,7 @@ from rich.table import Table
 
 from edgecompress.artifact import load_artifact
 from edgecompress.cli._app import app, console, err_console
+from edgecompress.cli._device_options import accept_new_host_option, upload_progress
 from edgecompress.config import resolve_device
 from edgecompress.device import measure_request, open_session
 from edgecompress.observe import observe
@@ -25,15 +26,18 @@ def bench(
     max_seconds: float | None = typer.Option(None, min=0, help="Stop after this long, whatever the run count."),
     warmup_runs: int | None = typer.Option(None, min=0, help="Untimed inferences first."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    accept_new_host: bool = accept_new_host_option(),
 ) -> None:
     """Measure a model on a device: latency distribution, first inference, load time."""
     profile = resolve_device(device)
     artifact = load_artifact(model)
     spec = measure_request(profile, runs=runs, threads=threads, min_seconds=min_seconds,
                            max_seconds=max_seconds, warmup_runs=warmup_runs, runtime=artifact.runtime)
-    session = open_session(profile, on_event=lambda m: err_console.print(f"[yellow]{m}[/]"))
+    session = open_session(profile, on_event=lambda m: err_console.print(f"[yellow]{m}[/]"),
+                           accept_new_host=accept_new_host)
     try:
-        sha = session.put_model(artifact.data)
+        with upload_progress(err_console, len(artifact.data), f"sending {model.name} to {profile.name}") as progress:
+            sha = session.put_model(artifact.data, progress=progress)
         observation = observe(session, sha, len(artifact.data), spec)
         hello = session.hello()
     finally:

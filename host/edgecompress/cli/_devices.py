@@ -8,8 +8,10 @@ import typer
 from rich.table import Table
 
 from edgecompress.cli._app import app, console
+from edgecompress.cli._device_options import accept_new_host_option
 from edgecompress.config import all_profiles, resolve_device
 from edgecompress.device import open_session
+from edgecompress.errors import DeviceError
 
 devices_app = typer.Typer(help="Device profiles and what the devices report.", invoke_without_command=True)
 app.add_typer(devices_app, name="devices")
@@ -32,10 +34,11 @@ def _list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
 
 @devices_app.command("info")
 def info(device: str = typer.Argument(..., help="Profile name, .toml file, or user@host[:port]."),
-         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+         accept_new_host: bool = accept_new_host_option()) -> None:
     """Start the agent on a device and print what it reports (hello)."""
     profile = resolve_device(device)
-    session = open_session(profile)
+    session = open_session(profile, accept_new_host=accept_new_host)
     try:
         hello = session.hello()
     finally:
@@ -61,3 +64,27 @@ def info(device: str = typer.Argument(..., help="Profile name, .toml file, or us
     zones = hello.get("thermal_zones") or {}
     table.add_row("thermal", ", ".join(f"{k} {v:.0f}°C" for k, v in zones.items()) or "none readable")
     console.print(table)
+
+
+@devices_app.command("check")
+def check(device: str = typer.Argument(..., help="Profile name, .toml file, or user@host[:port]."),
+          as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+          accept_new_host: bool = accept_new_host_option()) -> None:
+    """Check a device: connection, host key, Python, agent, runtimes, power, thermal zones, CPU governor.
+
+    Each problem comes with a fix. Exit code 3 when something fails (warnings alone exit 0).
+    """
+    from edgecompress.device._check import check_device
+
+    items = check_device(resolve_device(device), accept_new_host=accept_new_host)
+    if as_json:
+        print(json.dumps([item.to_json() for item in items], indent=2))
+    else:
+        styles = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
+        table = Table("check", "", "detail", "fix", title=f"device {device}", title_justify="left")
+        for item in items:
+            table.add_row(item.name, styles[item.status], item.detail, item.hint)
+        console.print(table)
+    failed = [item.name for item in items if item.status == "fail"]
+    if failed:
+        raise DeviceError(f"device {device}: {len(failed)} check(s) failed: {', '.join(failed)}")

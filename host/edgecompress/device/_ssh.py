@@ -383,9 +383,12 @@ class SshTransport:
         return result
 
     def open(self) -> Channel:
-        connection = self.connect()
+        return self.start(self.connect())
+
+    def start(self, connection: Connection, result: BootstrapResult | None = None) -> SshChannel:
+        """Bootstrap (unless ``result`` says it was done) and start the agent on an exec channel of ``connection``."""
         try:
-            result = self.prepare(connection)
+            result = result or self.prepare(connection)
             transport = connection.client.get_transport()
             assert transport is not None
             channel = transport.open_session(timeout=self.target.connect_timeout_s)

@@ -1,0 +1,107 @@
+"""The command line against the loopback sshd: bench from an empty agent cache, host-key flags, devices check."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from edgecompress.cli._device_options import PROGRESS_MIN_BYTES, upload_progress
+from edgecompress.config import resolve_device
+from edgecompress.device._check import check_device
+from rich.console import Console
+from sshd import SshServer, serve_for_tests, trusted_device, write_profile
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    yield from serve_for_tests(tmp_path_factory)
+
+
+def edgecompress(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgecompress", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def conv_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny conv net exported by torch, as a user's model would be."""
+    import torch
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(8, 4)).eval()
+    path = tmp_path_factory.mktemp("model") / "tiny_conv.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, input_names=["image"])
+    return path
+
+
+def test_bench_over_ssh_from_an_empty_agent_cache(sshd: SshServer, conv_net: Path, tmp_path: Path) -> None:
+    profile = trusted_device(sshd, tmp_path)
+    assert not (tmp_path / "device-cache").exists()
+    run = edgecompress("bench", str(conv_net), "--device", str(profile), "--runs", "30", "--json")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["device"] == "loopback" and result["latency"]["count"] >= 30
+    assert "installing the agent" in run.stderr
+    assert list((tmp_path / "device-cache" / "agent").iterdir())
+
+
+def test_unknown_host_fails_with_one_line_then_accept_new_host_works(sshd: SshServer, tmp_path: Path) -> None:
+    profile = write_profile(sshd, tmp_path)
+    refused = edgecompress("devices", "info", str(profile))
+    assert refused.returncode == 3
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--accept-new-host" in lines[0], refused.stderr
+    accepted = edgecompress("devices", "info", str(profile), "--accept-new-host", "--json")
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(accepted.stdout)["python"]["executable"] == sys.executable
+    assert sshd.known_hosts_line() in (tmp_path / "known_hosts").read_text()
+
+
+def test_devices_check_reports_each_step(sshd: SshServer, tmp_path: Path) -> None:
+    profile = trusted_device(sshd, tmp_path)
+    run = edgecompress("devices", "check", str(profile), "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    items = {item["name"]: item for item in json.loads(run.stdout)}
+    for name in ("profile", "ssh", "host key", "python", "agent", "runtime onnxruntime", "numpy"):
+        assert items[name]["status"] == "ok", items[name]
+    assert "installed now" in items["agent"]["detail"]
+    assert sys.executable in items["python"]["detail"]
+    # This machine (a VM) has no power rails: reported as a warning with a fix, never as a failure.
+    assert items["power"]["status"] in ("ok", "warn") and (items["power"]["status"] == "ok" or items["power"]["hint"])
+    table = edgecompress("devices", "check", str(profile))
+    assert table.returncode == 0 and "already installed" in table.stdout
+
+
+def test_devices_check_fails_with_the_fix_for_a_missing_runtime_and_an_unknown_key(sshd: SshServer,
+                                                                                    tmp_path: Path) -> None:
+    profile = trusted_device(sshd, tmp_path / "a")
+    profile.write_text(profile.read_text().replace('name = "onnxruntime"', 'name = "tflite"'))
+    run = edgecompress("devices", "check", str(profile), "--json")
+    assert run.returncode == 3
+    failed = [item for item in json.loads(run.stdout) if item["status"] == "fail"]
+    assert [item["name"] for item in failed] == ["runtime tflite"]
+    assert "pip install --user ai-edge-litert" in failed[0]["hint"]
+    assert "1 check(s) failed: runtime tflite" in run.stderr
+    unknown = check_device(resolve_device(str(write_profile(sshd, tmp_path / "b"))))
+    assert [(i.name, i.status) for i in unknown] == [("profile", "ok"), ("host key", "fail")]
+    assert "--accept-new-host" in unknown[-1].detail
+
+
+def test_upload_progress_only_for_large_models_on_a_terminal() -> None:
+    quiet = Console(file=io.StringIO(), force_terminal=False)
+    with upload_progress(quiet, 10 * PROGRESS_MIN_BYTES, "x") as callback:
+        assert callback is None
+    out = io.StringIO()
+    tty = Console(file=out, force_terminal=True, width=100)
+    with upload_progress(tty, PROGRESS_MIN_BYTES - 1, "x") as callback:
+        assert callback is None
+    with upload_progress(tty, 2 * PROGRESS_MIN_BYTES, "sending m.onnx") as callback:
+        assert callback is not None
+        callback(PROGRESS_MIN_BYTES, 2 * PROGRESS_MIN_BYTES)
+        callback(2 * PROGRESS_MIN_BYTES, 2 * PROGRESS_MIN_BYTES)
+    assert "sending m.onnx" in out.getvalue()
