@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from edgecompress import zoo
 
 SHAPES = {"fashion_resnet": (1, 1, 28, 28), "digits_cnn": (1, 1, 8, 8), "resnet18": (1, 3, 224, 224)}
@@ -59,8 +58,9 @@ def main() -> int:
             r = regression.get("result")
             figures = "no baseline" if r is None else (
                 f"ratio {r['ratio']:.3f} (CI {r['ci_low']:.3f}-{r['ci_high']:.3f}, p={r['p_value']:.2g})")
+            again = " after a re-measurement" if "suspected" in result["extra"] else ""
             print(f"run {index + 1:2d}: p50 {result['latency']['p50_ms']:.3f} ms, n={result['latency']['count']}, "
-                  f"{figures}: {regression['status']}", flush=True)
+                  f"{figures}: {regression['status']}{again}", flush=True)
             if r is not None:
                 ratios.append(r["ratio"])
             regressions += regression["status"] == "fail"

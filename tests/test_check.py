@@ -21,6 +21,7 @@ from edgecompress.gate import (
     RegressionSettings,
     budget_targets,
     budget_texts,
+    confirm,
     evaluate,
     load_baseline,
     merge_budgets,
@@ -272,3 +273,14 @@ def test_junit_and_markdown_reports(tmp_path):
     assert skipped.skipped == 1 and isinstance(next(iter(skipped)).result[0], Skipped)
     error = next(iter(JUnitXml.fromstring(junit_error_xml("net.onnx", "pi", "cannot reach pi"))))
     assert error.errors == 1 and next(iter(error)).result[0].message == "cannot reach pi"
+
+
+def test_a_flagged_slowdown_counts_only_when_a_second_measurement_confirms_it():
+    base = Baseline.from_result_json(check(sample_ms(2.0), []).to_json(), "night-1.json")
+    disturbed = check(sample_ms(3.0), [], baseline=base)
+    assert disturbed.exit_code == 1
+    cleared = confirm(disturbed, check(sample_ms(2.0), [], baseline=base))
+    assert cleared.exit_code == 0 and "not confirmed" in cleared.regressions[0].message
+    assert cleared.extra["suspected"][0]["regressions"][0]["status"] == "fail"
+    confirmed = confirm(disturbed, check(sample_ms(3.0), [], baseline=base))
+    assert confirmed.exit_code == 1 and "(confirmed; first measurement: ratio 1.5" in confirmed.regressions[0].message

@@ -11,10 +11,18 @@ from edgecompress.gate._config import (
     read_budgets,
 )
 from edgecompress.gate._result import SCHEMA, Baseline, BudgetOutcome, CheckResult, RegressionOutcome
-from edgecompress.gate._run import DeviceRun, budget_targets, evaluate, load_baseline, measure_model, run_check
+from edgecompress.gate._run import (
+    DeviceRun,
+    budget_targets,
+    confirm,
+    evaluate,
+    load_baseline,
+    measure_model,
+    run_check,
+)
 
 __all__ = [
     "SCHEMA", "Baseline", "BudgetOutcome", "CheckConfig", "CheckResult", "DeviceRun", "RegressionOutcome",
-    "RegressionSettings", "budget_targets", "budget_texts", "evaluate", "load_baseline", "load_check_config",
+    "RegressionSettings", "budget_targets", "budget_texts", "confirm", "evaluate", "load_baseline", "load_check_config",
     "measure_model", "merge_budgets", "parse_check_config", "parse_tolerance", "read_budgets", "run_check",
 ]

@@ -126,6 +126,8 @@ class RegressionSettings(BaseModel):
     resamples: int = Field(default=2000, ge=100, le=100_000)
     baseline_runs: int = Field(default=5, ge=1, le=100,
                                description="passing runs of the history whose spread is the run-to-run noise")
+    confirm: int = Field(default=1, ge=0, le=5,
+                         description="re-measurements in a fresh agent before a flagged slowdown counts")
     # metric -> its tolerance; None takes the default tolerance
     metrics: dict[str, float | None] = Field(default_factory=lambda: dict.fromkeys(DEFAULT_REGRESSION_METRICS))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,43 @@ def run_check(artifact: Artifact, *, model: str, model_path: str, profile: Devic
     targets = budget_targets(budgets, baseline)
     for metric in regression.metrics:
         check_regression_metric(metric)
-    run = measure_model(profile, artifact, spec, budgets, targets, on_event=on_event, **session_options)
-    return evaluate(run, model=model, model_path=model_path, device=profile.name, spec=spec, budgets=budgets,
-                    targets=targets, regression=regression, baseline=baseline)
+    def measure_and_evaluate() -> CheckResult:
+        run = measure_model(profile, artifact, spec, budgets, targets, on_event=on_event, **session_options)
+        return evaluate(run, model=model, model_path=model_path, device=profile.name, spec=spec, budgets=budgets,
+                        targets=targets, regression=regression, baseline=baseline)
+
+    result = measure_and_evaluate()
+    for attempt in range(regression.confirm):
+        if not any(r.status == "fail" for r in result.regressions):
+            break
+        if on_event:
+            on_event(f"slowdown flagged; measuring again in a fresh agent ({attempt + 1}/{regression.confirm})")
+        result = confirm(result, measure_and_evaluate())
+    return result
+
+
+def confirm(suspected: CheckResult, again: CheckResult) -> CheckResult:
+    """Decide on a second measurement, a regression counting only when both measurements show it.
+
+    A burst of load on the device (another process, a thermal event) slows one measurement; a slower model slows
+    every one. The second measurement decides the budgets too: the first is suspected of being disturbed.
+    """
+    first = {r.metric: r for r in suspected.regressions}
+    merged = []
+    for outcome in again.regressions:
+        before = first.get(outcome.metric)
+        if before is None or before.status != "fail" or before.result is None:
+            merged.append(outcome)
+            continue
+        earlier = f"first measurement: ratio {before.result.ratio:.3f}"
+        if outcome.status == "fail":
+            merged.append(replace(outcome, message=f"{outcome.message} (confirmed; {earlier})"))
+        else:
+            merged.append(replace(outcome, message=f"{outcome.message} ({earlier}, not confirmed by this second "
+                                                   "measurement)"))
+    suspicions = [*suspected.extra.get("suspected", []),
+                  {"started_utc": suspected.started_utc, "values": suspected.values,
+                   "regressions": [r.to_json() for r in suspected.regressions]}]
+    return replace(again, regressions=tuple(merged), extra={**again.extra, "suspected": suspicions},
+                   notes=(*again.notes, f"measured twice: a slowdown flagged at {suspected.started_utc} was "
+                                        "re-measured in a fresh agent"))
