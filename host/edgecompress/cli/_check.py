@@ -20,9 +20,11 @@ from edgecompress.gate import CheckResult, load_baseline, load_check_config, mer
 from edgecompress.history import append_result, format_metric, plot_trend, read_history, trend
 from edgecompress.report import write_json, write_junit, write_junit_error, write_markdown, write_markdown_error
 
-CHECK_EXIT_CODES = """Exit codes: 0 every budget met and no regression; 1 a budget failed or the model regressed (each
-failure named on one line); 2 usage or configuration error, or a budget this device cannot measure; 3 device unreachable
-or agent failure."""
+CHECK_EXIT_CODES = (
+    "Exit codes: 0 every budget met and no regression; 1 a budget failed or the model regressed (each failure named "
+    "on one line); 2 usage or configuration error, or a budget this device cannot measure; 3 device unreachable or "
+    "agent failure. See docs/ci.md."
+)
 
 
 def _output_folder_ok(path: str | None, flag: str) -> None:
@@ -43,7 +45,7 @@ def check(
         "--budget", "-b", help="A budget such as 'latency.p99<=20ms' or 'latency.p50<=1.05x' (relative to the "
         "baseline); repeatable. Replaces a configured budget on the same metric.")] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="edgecompress.toml with [check] and [budgets].")] = None,
+        "--config", "-c", help="edgecompress.toml with \\[check] and \\[budgets] tables.")] = None,
     baseline: Annotated[Path | None, typer.Option(help="Compare with this previous --json result.")] = None,
     history: Annotated[Path | None, typer.Option(
         help="JSON-lines history: the baseline is its last passing run of this model, device and runtime (unless "
