@@ -209,14 +209,14 @@ def trusted_device(server: SshServer, folder: Path) -> Path:
     (folder / "known_hosts").write_text(server.known_hosts_line())
     return path
 
-def dense_onnx(path: Path, size_bytes: int = 64 * 1024, features: int = 64) -> Path:
+def dense_onnx(path: Path, size_bytes: int = 64 * 1024, features: int = 64, seed: int = 0) -> Path:
     """A valid ONNX model of about ``size_bytes`` (x @ W, then a sum), to measure and to upload."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     columns = max(1, size_bytes // (4 * features))
-    weight = np.random.default_rng(0).standard_normal((features, columns), dtype=np.float32)
+    weight = np.random.default_rng(seed).standard_normal((features, columns), dtype=np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("ReduceSum", ["h"], ["y"], keepdims=1)],
         "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, features])],

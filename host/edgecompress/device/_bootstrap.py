@@ -186,10 +186,18 @@ def upload(client: paramiko.SSHClient, package: AgentPackage, agent_dir: str, de
         raise ConnectionLost(f"cannot open SFTP on {device} to upload the agent: {exc}") from exc
     try:
         _makedirs(sftp, agent_dir.rsplit("/", 1)[0])
+        # Every SFTP call is a round trip (10 ms on Wi-Fi): make each folder once, and no stat after each file
+        # (the rename below only happens when every write succeeded).
+        sftp.mkdir(partial, 0o700)
+        made = {partial}
         for name, data in package.files:
-            folder = f"{partial}/{name.rsplit('/', 1)[0]}"
-            _makedirs(sftp, folder)
-            sftp.putfo(io.BytesIO(data), f"{partial}/{name}", confirm=True)
+            parts = name.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                folder = "/".join([partial, *parts[:depth]])
+                if folder not in made:
+                    sftp.mkdir(folder, 0o700)
+                    made.add(folder)
+            sftp.putfo(io.BytesIO(data), f"{partial}/{name}", confirm=False)
         try:
             # A rename is atomic: a host that races us either finds the whole agent or none of it.
             sftp.posix_rename(partial, agent_dir)
