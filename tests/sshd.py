@@ -88,10 +88,11 @@ class SshServer:
     host_key: Path
     client_key: Path
     log: deque[str]
+    address: str = "127.0.0.1"
 
     @property
     def host_key_name(self) -> str:
-        return f"[127.0.0.1]:{self.port}"
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
 
     def known_hosts_line(self, key: Path | None = None) -> str:
         """A known_hosts line for this server's host key (or another public key, to fake a changed one)."""
@@ -124,8 +125,12 @@ class SshServer:
                 self.process.wait()
 
 
-def start_sshd(root: Path) -> SshServer:
-    """Start ``sshd -D -e`` on a free loopback port and wait for it to say it listens."""
+def start_sshd(root: Path, address: str = "127.0.0.1", port: int | None = None,
+               wrapper: tuple[str, ...] = ()) -> SshServer:
+    """Start ``sshd -D -e`` (on a free loopback port unless told otherwise) and wait for it to say it listens.
+
+    ``wrapper`` prefixes the command, e.g. ``("ip", "netns", "exec", name)`` to run it in a network namespace.
+    """
     require_sshd()
     root.mkdir(parents=True, exist_ok=True)
     host_key = keygen(root / "host_ed25519")
@@ -138,16 +143,16 @@ def start_sshd(root: Path) -> SshServer:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     last_error = ""
     for _ in range(5):  # the free port may be taken between free_port() and bind(): try another
-        port = free_port()
+        chosen = port or free_port()
         config = root / "sshd_config"
         config.write_text("\n".join([
-            f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", f"PidFile {root / 'sshd.pid'}",
+            f"Port {chosen}", f"ListenAddress {address}", f"HostKey {host_key}", f"PidFile {root / 'sshd.pid'}",
             f"AuthorizedKeysFile {authorized}", "StrictModes no", "PubkeyAuthentication yes",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
             "PermitRootLogin prohibit-password", "AllowTcpForwarding yes", "Subsystem sftp internal-sftp",
             "LogLevel VERBOSE", "MaxStartups 50", "",
         ]))
-        process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
+        process = subprocess.Popen([*wrapper, SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert process.stderr is not None
         log: deque[str] = deque(maxlen=200)
@@ -164,7 +169,8 @@ def start_sshd(root: Path) -> SshServer:
         threading.Thread(target=drain, daemon=True).start()
         listening.wait(timeout=30)
         if process.poll() is None and any("Server listening" in line for line in log):
-            return SshServer(root=root, port=port, process=process, host_key=host_key, client_key=client_key, log=log)
+            return SshServer(root=root, port=chosen, process=process, host_key=host_key, client_key=client_key, log=log,
+                             address=address)
         process.kill()
         process.wait()
         last_error = " | ".join(list(log)[-3:])
@@ -179,7 +185,7 @@ def write_profile(server: SshServer, folder: Path, name: str = "loopback", **ssh
     ssh_config = folder / "ssh_config"
     if not ssh_config.exists():
         ssh_config.write_text("Host *\n    IdentitiesOnly yes\n")
-    fields = {"host": "127.0.0.1", "port": server.port, "user": getpass.getuser(),
+    fields = {"host": server.address, "port": server.port, "user": getpass.getuser(),
               "identity_file": str(server.client_key), "allow_agent": False, "config_file": str(ssh_config),
               "known_hosts": str(known_hosts), "connect_timeout_s": 10.0, **ssh}
     lines = [f'name = "{name}"', 'transport = "ssh"', f'python = "{sys.executable}"',
