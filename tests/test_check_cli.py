@@ -25,6 +25,8 @@ warmup_runs = 3
 warmup_seconds = 0.0
 runs = 40
 min_seconds = 0.2
+[power]
+source = "none"
 """
 
 
@@ -140,9 +142,10 @@ def test_history_prints_the_trend_and_plots_it(slower_run, workspace, env):
         (["--tolerance", "energy=5%"], "regression metric 'energy'"),
         (["--baseline", "MODEL"], "not JSON"),
         ([], "no device"),
+        (["--budget", "energy<=10mJ"], "cannot check energy<=10mJ"),  # known only after the agent's hello
     ],
 )
-def test_configuration_errors_exit_2_before_any_measurement(args, message, workspace, env):
+def test_configuration_errors_exit_2(args, message, workspace, env):
     args = [str(workspace["narrow"]) if a == "MODEL" else a for a in args]
     device = [] if message == "no device" else ["--device", str(workspace["profile"])]
     result = run_cli("check", str(workspace["narrow"]), *device, *args, env=env)

@@ -105,7 +105,8 @@ def check(
     except (DeviceError, BudgetError) as exc:
         # CI should show a red case, not a missing report, when the board is down or cannot measure a budget.
         if junit:
-            write_junit_error(model_name, profile.name, str(exc), junit)
+            write_junit_error(model_name, profile.name, str(exc), junit,
+                              "budgets" if isinstance(exc, BudgetError) else "device")
         if markdown:
             write_markdown_error(model_name, profile.name, str(exc), markdown)
         raise

@@ -141,7 +141,7 @@ def evaluate(run: DeviceRun, *, model: str, model_path: str, device: str, spec: 
                               observation.size_bytes, first_run)
         for metric in regression.metrics
     )
-    notes = list(observation.flags)
+    notes = [f"measurement flag: {flag}" for flag in observation.flags]  # e.g. throttled, iid_failed
     if baseline is not None:
         if baseline.device != device:
             notes.append(f"the baseline was measured on {baseline.device}, this run on {device}")

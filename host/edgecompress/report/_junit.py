@@ -66,17 +66,18 @@ def write_junit(result: CheckResult, path: str | Path) -> Path:
     return write_text(path, junit_xml(result))
 
 
-def junit_error_xml(model: str, device: str, message: str) -> str:
-    """JUnit XML for a check that never measured: one ``device`` case in error (the device or agent failed)."""
+def junit_error_xml(model: str, device: str, message: str, case_name: str = "device") -> str:
+    """JUnit XML for a check that never measured: one case in error (``device``: the device or agent failed;
+    ``budgets``: a budget this device cannot measure)."""
     attributes = {"tests": "1", "failures": "0", "errors": "1", "skipped": "0", "time": "0"}
     root = ET.Element("testsuites", {"name": "edgecompress check", **attributes})
     suite = ET.SubElement(root, "testsuite", {"name": f"edgecompress check {model} on {device}", **attributes})
-    case = ET.SubElement(suite, "testcase", {"classname": f"edgecompress.check.{device}", "name": "device",
+    case = ET.SubElement(suite, "testcase", {"classname": f"edgecompress.check.{device}", "name": case_name,
                                              "time": "0"})
-    ET.SubElement(case, "error", {"message": message, "type": "device"}).text = message
+    ET.SubElement(case, "error", {"message": message, "type": case_name}).text = message
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def write_junit_error(model: str, device: str, message: str, path: str | Path) -> Path:
-    return write_text(path, junit_error_xml(model, device, message))
+def write_junit_error(model: str, device: str, message: str, path: str | Path, case_name: str = "device") -> Path:
+    return write_text(path, junit_error_xml(model, device, message, case_name))
