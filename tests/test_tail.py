@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from edgecompress.analysis import iid_check, pwcet
-from edgecompress.analysis._tail import block_maxima, mbpta_cv
+from edgecompress.analysis._tail import block_maxima, ljung_box_p, mbpta_cv
 from edgecompress.budgets import Evidence, parse_budget
 from edgecompress.device import Measurement
 from scipy import stats
@@ -80,6 +80,15 @@ def test_iid_check_rejects_an_autocorrelated_series():
     assert not iid_check(ar).passed
     assert iid_check(ar).ljung_box_p < 1e-6
     assert iid_check(noise).passed
+
+
+def test_ljung_box_matches_statsmodels():
+    from statsmodels.stats.diagnostic import acorr_ljungbox
+
+    x = _sample("gumbel", 6, n=400)
+    x[1:] += 0.1 * x[:-1]
+    expected = float(acorr_ljungbox(x, lags=[20], return_df=True)["lb_pvalue"].iloc[0])
+    assert ljung_box_p(x, 20) == pytest.approx(expected, rel=1e-6)
 
 
 def test_iid_check_rejects_a_drift_between_halves():

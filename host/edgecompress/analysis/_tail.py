@@ -49,17 +49,28 @@ class IidCheck:
         return f"{word} (Ljung-Box p={self.ljung_box_p:.3g}, KS halves p={self.ks_p:.3g})"
 
 
+def ljung_box_p(x: np.ndarray, lags: int) -> float:
+    """Ljung-Box p-value, Q = n(n+2) sum_k r_k^2/(n-k), as statsmodels' acorr_ljungbox computes it.
+
+    With the autocorrelations by FFT: acorr_ljungbox's direct ones take minutes on 10^5 runs.
+    """
+    from statsmodels.tsa.stattools import acf
+
+    n = x.size
+    r = acf(x, nlags=lags, fft=True)[1:]
+    q = n * (n + 2) * float(np.sum(r**2 / (n - np.arange(1, lags + 1))))
+    return float(stats.chi2.sf(q, lags))
+
+
 def iid_check(values: Sequence[float] | np.ndarray, alpha: float = ALPHA, lags: int | None = None) -> IidCheck:
     """Ljung-Box (no autocorrelation up to ``lags``) and two-sample KS (first half vs second half)."""
-    from statsmodels.stats.diagnostic import acorr_ljungbox
-
     x = np.asarray(values, dtype=np.float64)
     if x.size < 20:
         raise ValueError(f"an i.i.d. check needs at least 20 values, got {x.size}")
     lags = lags or max(1, min(20, x.size // 10))
     if np.ptp(x) == 0:
         return IidCheck(True, 1.0, 1.0, lags, alpha)  # a constant series: nothing depends on anything
-    lb_p = float(acorr_ljungbox(x, lags=[lags], return_df=True)["lb_pvalue"].iloc[0])
+    lb_p = ljung_box_p(x, lags)
     half = x.size // 2
     ks_p = float(stats.ks_2samp(x[:half], x[half:]).pvalue)
     return IidCheck(bool(lb_p >= alpha and ks_p >= alpha), lb_p, ks_p, lags, alpha)
