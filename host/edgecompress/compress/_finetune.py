@@ -63,5 +63,5 @@ def finetune(
         optimiser.step()
         schedule.step()
         if progress is not None:
-            progress(step + 1, float(loss))
+            progress(step + 1, loss.item())
     return student.eval()

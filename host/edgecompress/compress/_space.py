@@ -201,12 +201,22 @@ def dependency_graph(model: nn.Module, input_shape: Iterable[int]) -> tp.Depende
     example = torch.zeros(tuple(input_shape))
     try:
         with torch.enable_grad():  # the graph is traced through autograd
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     except Exception as exc:
         raise ExportError(
             f"cannot trace the model for pruning ({type(exc).__name__}: {exc}); models with "
             "data-dependent control flow or custom autograd functions are not supported"
         ) from exc
+    # The trace walks autograd back from the output, so a forward that leaves torch (numpy, .item(), .detach())
+    # cuts layers off silently; pruning them would then break the model rather than shrink it.
+    unreached = [name for name, m in model.named_modules() if isinstance(m, _PRUNABLE) and m not in graph.module2node]
+    if unreached:
+        raise ExportError(
+            f"cannot trace the model for pruning: the autograd trace from its output does not reach "
+            f"{', '.join(unreached[:5])}{' ...' if len(unreached) > 5 else ''} (does forward leave torch through "
+            "numpy, .item() or .detach(), or hold unused layers?)"
+        )
+    return graph
 
 
 def module_names(model: nn.Module, names: Iterable[str], what: str = "ignore") -> list[nn.Module]:
