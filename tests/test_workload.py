@@ -9,7 +9,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
 from edgecompress.errors import WorkloadError
 from edgecompress.workload import (
     EXAMPLES,
