@@ -62,6 +62,8 @@ def test_energy_per_inference_and_idle_subtracted():
     low, high = stats.interval("energy")
     assert low < stats.energy_mj < high  # the ramp makes the segments differ
     assert energy_stats(Measurement("0" * 64, (1,), 0, 0, {"power_trace": None})) is None
+    short = dict(_measurement(400, None).raw, window_end_ns=int(11e9))  # the last reading failed
+    assert energy_stats(Measurement("0" * 64, (1,), 0, 0, short)) is None
 
 
 def test_pooling_is_total_energy_over_total_inferences():

@@ -131,6 +131,8 @@ def _flags(evidence: Evidence, parts: Sequence[Measurement]) -> tuple[str, ...]:
         flags.append("power_partial")
     if any((m.raw.get("power_trace") or {}).get("errors") for m in parts):
         flags.append("power_read_errors")
+    if energy is None and any(m.raw.get("power_trace") for m in parts):
+        flags.append("power_trace_unusable")  # sampled, but not across the whole window: energy unavailable
     return tuple(flags)
 
 

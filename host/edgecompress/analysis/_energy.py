@@ -89,11 +89,18 @@ def energy_between(trace: Mapping[str, Any], start_ns: int, end_ns: int) -> floa
     return float(np.interp(end, t, e) - np.interp(start, t, e))
 
 
+def covers_window(measurement: Measurement) -> bool:
+    """Whether the power trace brackets the timed window (a failed first or last reading leaves it short)."""
+    raw = measurement.raw
+    t = (raw.get("power_trace") or {}).get("t_ns") or []
+    return len(t) >= 2 and min(t) <= int(raw["window_start_ns"]) and max(t) >= int(raw["window_end_ns"])
+
+
 def energy_stats(measurement: Measurement) -> EnergyStats | None:
-    """Energy of one measurement, or None when the device reported no power source (never zero)."""
+    """Energy of one measurement, or None when there is no usable power trace ("unavailable", never zero)."""
     raw = measurement.raw
     trace = raw.get("power_trace")
-    if not trace or len(trace.get("t_ns", ())) < 2:
+    if not trace or not covers_window(measurement):
         return None
     start, end = int(raw["window_start_ns"]), int(raw["window_end_ns"])
     joules = energy_between(trace, start, end)
