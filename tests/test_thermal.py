@@ -53,6 +53,17 @@ def test_an_engaged_cpufreq_cooling_device_is_throttling(tmp_path):
     assert now["throttled"] and list(now["cooling"]) == ["cooling_device0 (cpufreq-cpu0)"]
 
 
+def test_a_policy_maximum_below_the_hardware_is_recorded(tmp_path):
+    for cpu, policy_max in (("cpu0", 1_500_000), ("cpu1", 2_000_000)):
+        base = tmp_path / f"sys/devices/system/cpu/{cpu}/cpufreq"
+        base.mkdir(parents=True)
+        for name, value in (("scaling_cur_freq", 1_000_000), ("scaling_max_freq", policy_max),
+                            ("cpuinfo_max_freq", 2_000_000), ("scaling_governor", "schedutil")):
+            (base / name).write_text(f"{value}\n")
+    now = thermal.state(str(tmp_path))
+    assert now["capped_cpus"] == ["cpu0"] and not now["throttled"]
+
+
 def test_hottest_ignores_a_pmic_reading_a_constant_100c(tmp_path):
     # Jetson Nano: PMIC-Die always reads 100 C; CPU-therm is the one that matters.
     thermal_zone(tmp_path, 0, "CPU-therm", 41500)

@@ -118,6 +118,8 @@ def _flags(evidence: Evidence, parts: Sequence[Measurement]) -> tuple[str, ...]:
         flags.append("throttled")
     if any(m.raw.get("repeated") for m in parts):
         flags.append("repeated_after_throttling")
+    if any((m.raw.get("after") or {}).get("capped_cpus") for m in parts):
+        flags.append("cpu_freq_capped")
     wait = (raw.get("before") or {}).get("wait")
     if wait and not wait.get("reached"):
         flags.append("hot_start")
@@ -141,7 +143,8 @@ def _thermal(raw: Mapping[str, Any]) -> dict[str, Any]:
     def brief(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if not state:
             return None
-        return {k: state.get(k) for k in ("hottest_c", "throttled", "reasons", "pi_throttled", "wait", "thermal")}
+        keys = ("hottest_c", "throttled", "reasons", "pi_throttled", "capped_cpus", "wait", "thermal")
+        return {k: state.get(k) for k in keys}
 
     return {"before": brief(raw.get("before")), "after": brief(raw.get("after")), "throttled": raw.get("throttled"),
             "repeated": raw.get("repeated")}
