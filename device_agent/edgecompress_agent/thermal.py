@@ -75,7 +75,8 @@ def state(root="/", vcgencmd=None):
     if cooling:
         reasons.append("cooling: " + ",".join(sorted(cooling)))
     # A policy maximum below the hardware's: a thermal cap, or the user's choice; recorded, not called throttling.
-    capped = sorted(cpu for cpu, f in freq.items() if f["max_khz"] and f["hw_max_khz"] and f["max_khz"] < f["hw_max_khz"])
+    capped = sorted(cpu for cpu, f in freq.items()
+                    if f["max_khz"] and f["hw_max_khz"] and f["max_khz"] < f["hw_max_khz"])
     return {"thermal": zones, "hottest_c": hottest_c(zones), "cpufreq": freq, "pi_throttled": pi,
             "cooling": cooling, "capped_cpus": capped, "throttled": bool(reasons), "reasons": reasons}
 
