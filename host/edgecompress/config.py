@@ -157,3 +157,78 @@ def resolve_device(spec: str, user_dir: Path | None = None) -> DeviceProfile:
         return DeviceProfile(name=spec, description="ad-hoc SSH device", transport="ssh", ssh=ssh)
     known = ", ".join(sorted(profiles))
     raise ConfigError(f"unknown device {spec!r}; known profiles: {known} (or give user@host[:port] or a .toml file)")
+
+
+class TuneConfig(_Strict):
+    """Everything ``edgecompress tune`` needs; from an ``edgecompress.toml`` ``[tune]`` table and flags."""
+
+    example: str | None = None
+    model: str | None = None
+    data: str | None = None
+    data_dir: str | None = None
+    arch: str | None = None
+    device: str = "local"
+    budgets: list[str] = Field(default_factory=list)
+    name: str | None = None
+    rounds: int = Field(default=3, ge=1, le=50)
+    trials_per_round: int = Field(default=12, ge=1, le=10000)
+    schedule: Literal["exponential", "linear", "one-step"] = "exponential"
+    alpha: float = Field(default=0.5, gt=0)
+    sampler: Literal["tpe", "gp", "random"] = "tpe"
+    strategy: Literal["cooled", "unconstrained", "uniform"] = "cooled"
+    tradeoff_lambda: float = Field(default=1.0, ge=0)
+    seed: int = 0
+    max_ratio: float = Field(default=0.8, gt=0, lt=1)
+    ratio_step: float = Field(default=0.05, gt=0, lt=1)
+    quant: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"])  # type: ignore[arg-type]
+    coarsen: Literal["auto", "yes", "no"] = "auto"
+    round_to: int = Field(default=1, ge=1)
+    finetune_steps: int = Field(default=200, ge=0)
+    finetune_lr: float = Field(default=1e-3, gt=0)
+    val_limit: int | None = Field(default=2000, ge=1)
+    opset: int | None = Field(default=None, ge=13, le=21)
+    runs: int | None = Field(default=None, ge=1)
+    min_seconds: float | None = Field(default=None, ge=0)
+    drift_tolerance: float = Field(default=0.10, gt=0)
+    drift_wait_s: float = Field(default=30.0, ge=0)
+    storage: str | None = None
+    accept_new_host: bool = False
+    max_device_failures: int = Field(default=3, ge=1)
+
+
+def budgets_from_toml(data: dict) -> list[str]:
+    """Budgets from a TOML document: ``[budgets]`` as a table (``"latency.p99" = "20ms"``) or a list of strings."""
+    raw = data.get("budgets", [])
+    if isinstance(raw, dict):
+        texts = []
+        for metric, limit in raw.items():
+            if not isinstance(limit, (str, int, float)) or isinstance(limit, bool):
+                raise ConfigError(f"[budgets] {metric}: give the limit as a string like \"20ms\" or \"0.5x\"")
+            text = str(limit).strip()
+            texts.append(f"{metric}{text}" if text.startswith("<") else f"{metric}<={text}")
+        return texts
+    if isinstance(raw, list) and all(isinstance(t, str) for t in raw):
+        return list(raw)
+    raise ConfigError("budgets must be a table of metric = \"limit\" or a list of strings like \"latency.p99<=20ms\"")
+
+
+def load_tune_config(path: Path | None, overrides: dict) -> TuneConfig:
+    """A TuneConfig from an optional TOML file (``[tune]`` and ``[budgets]``) with flag overrides on top."""
+    values: dict = {}
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        values.update(data.get("tune", {}))
+        values["budgets"] = budgets_from_toml(data) + list(values.get("budgets", []))
+    for key, value in overrides.items():
+        if value is None or (key == "budgets" and not value):
+            continue
+        values[key] = value
+    try:
+        return TuneConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(f"{path or 'tune'}: {_describe(exc)}") from exc

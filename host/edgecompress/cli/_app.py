@@ -37,7 +37,9 @@ def main() -> None:
     from edgecompress.errors import EdgecompressError
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of typer.Exit.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except EdgecompressError as exc:
         if _state["debug"]:
             raise

@@ -1,0 +1,193 @@
+"""edgecompress tune: the annealed constrained search on a device."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from edgecompress.budgets import METRICS, format_value
+from edgecompress.cli._app import app, console
+from edgecompress.config import load_tune_config
+
+
+class ConsoleReporter:
+    """Round headers, one line per trial with its feasibility mark, best so far and an ETA."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.units: dict[str, str] = {}
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            console.print(text, highlight=False)
+
+    def round_started(self, round_index: int, rounds: int, thresholds: dict[str, float], trials: int) -> None:
+        if self.quiet:
+            return
+        limits = ", ".join(f"{k} <= {format_value(v, _unit(k))}" for k, v in thresholds.items())
+        console.rule(f"round {round_index + 1}/{rounds}: {trials} trials, thresholds {limits}")
+
+    def trial_finished(self, record: dict[str, Any], best: float | None, eta_s: float | None) -> None:
+        if self.quiet:
+            return
+        if record.get("state") == "FAIL":
+            console.print(f"  #{record['number']:<3} [red]failed[/] {record.get('fail_reason')}", highlight=False)
+            return
+        mark = "[green]✓[/]" if record.get("feasible") else "[red]✗[/]"
+        values = record.get("values") or {}
+        shown = "  ".join(f"{k} {format_value(values.get(k), _unit(k))}" for k in record.get("thresholds", {}))
+        plan = record.get("plan") or {}
+        ratios = plan.get("ratios") or {}
+        mean_ratio = sum(ratios.values()) / len(ratios) if ratios else 0.0
+        best_text = f"{best:.4f}" if best is not None else "-"
+        eta = f"{eta_s / 60:.1f} min" if eta_s is not None else "-"
+        console.print(
+            f"  #{record['number']:<3} {mark} acc {record.get('accuracy', float('nan')):.4f}  {shown}  "
+            f"{plan.get('quant', '?')} prune~{mean_ratio:.2f}  best {best_text}  ETA {eta}",
+            highlight=False,
+        )
+
+
+def _unit(key: str) -> str:
+    metric = METRICS.get(key.split("@")[0])
+    return metric.unit if metric else ""
+
+
+@app.command()
+def tune(
+    example: str | None = typer.Option(None, help="A built-in example: digits or fashion-mnist."),
+    model: str | None = typer.Option(None, help="Model factory entry point, package.module:attr."),
+    data: str | None = typer.Option(None, help="Data entry point, package.module:attr."),
+    data_dir: str | None = typer.Option(None, help="Data folder for a built-in example."),
+    arch: str | None = typer.Option(None, help="Reference network of a built-in example (e.g. resnet, mobilenetv2)."),
+    device: str | None = typer.Option(None, "--device", "-d", help="Profile name, .toml file, or user@host[:port]."),
+    budget: list[str] = typer.Option(
+        [],
+        "--budget",
+        "-b",
+        help="A budget such as 'latency.p99<=20ms', "
+        "'size<=2MB' or 'latency.mean<=0.5x' (relative to the original). Repeatable.",
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="edgecompress.toml with [tune] and [budgets]."),
+    rounds: int | None = typer.Option(None, min=1, help="Cooling rounds T (default 3)."),
+    trials_per_round: int | None = typer.Option(None, min=1, help="Trials in each round (default 12)."),
+    schedule: str | None = typer.Option(None, help="exponential (default), linear or one-step."),
+    alpha: float | None = typer.Option(None, help="Exponential cooling rate (default 0.5)."),
+    sampler: str | None = typer.Option(None, help="tpe (default), gp or random."),
+    strategy: str | None = typer.Option(
+        None,
+        help="cooled (default), unconstrained (the trade-off objective), "
+        "or uniform (one global ratio by binary search).",
+    ),
+    tradeoff_lambda: float | None = typer.Option(
+        None, "--lambda", help="Weight of latency in the unconstrained objective."
+    ),
+    seed: int | None = typer.Option(None, help="Seed of the samplers."),
+    finetune_steps: int | None = typer.Option(None, min=0, help="Distillation steps after each round (default 200)."),
+    val_limit: int | None = typer.Option(None, min=1, help="Validation samples for the accuracy objective."),
+    runs: int | None = typer.Option(None, min=1, help="Timed inferences per measurement (default: the profile's)."),
+    min_seconds: float | None = typer.Option(None, min=0, help="Minimum timed window per measurement."),
+    opset: int | None = typer.Option(None, help="ONNX opset (default: the highest the device's runtime loads)."),
+    name: str | None = typer.Option(None, help="Study name (default tune-<example>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: a new one under runs/)."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL (default: SQLite in the output folder)."),
+    resume: Path | None = typer.Option(None, help="Continue the run in this folder (other flags are ignored)."),
+    accept_new_host: bool = typer.Option(
+        False,
+        "--accept-new-host",
+        help="Trust an SSH host key not yet in "
+        "known_hosts (like OpenSSH's accept-new). A changed key is always refused.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the final result as JSON."),
+) -> None:
+    """Find the most accurate compressed model that meets the budgets measured on the device.
+
+    Exit codes: 0 budgets met; 1 not met; 2 configuration error; 3 device failure; 130 interrupted.
+    """
+    from edgecompress.search import run_tune
+
+    reporter = ConsoleReporter(quiet=as_json)
+    command = shlex.join(["edgecompress", *sys.argv[1:]])
+    if resume is not None:
+        result = run_tune(None, None, reporter, resume=resume)
+    else:
+        overrides = {
+            "example": example,
+            "model": model,
+            "data": data,
+            "data_dir": data_dir,
+            "arch": arch,
+            "device": device,
+            "budgets": budget,
+            "rounds": rounds,
+            "trials_per_round": trials_per_round,
+            "schedule": schedule,
+            "alpha": alpha,
+            "sampler": sampler,
+            "strategy": strategy,
+            "tradeoff_lambda": tradeoff_lambda,
+            "seed": seed,
+            "finetune_steps": finetune_steps,
+            "val_limit": val_limit,
+            "runs": runs,
+            "min_seconds": min_seconds,
+            "opset": opset,
+            "name": name,
+            "storage": storage,
+            "accept_new_host": accept_new_host or None,
+        }
+        settings = load_tune_config(config, overrides)
+        result = run_tune(settings, out, reporter, command=command)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(result.run_dir),
+                    "met": result.met,
+                    "interrupted": result.interrupted,
+                    "final": {k: v for k, v in (result.final or {}).items() if k != "observation"},
+                },
+                indent=2,
+            )
+        )
+    else:
+        _summary(result)
+    if result.interrupted:
+        raise typer.Exit(130)
+    if not result.met:
+        raise typer.Exit(1)
+
+
+def _summary(result: Any) -> None:
+    if result.interrupted:
+        console.print(f"[yellow]stopped early[/]; continue with: edgecompress tune --resume {result.run_dir}")
+        return
+    table = Table(title=f"result in {result.run_dir}", title_justify="left")
+    table.add_column("")
+    table.add_column("original", justify="right")
+    table.add_column("final", justify="right")
+    final = result.final or {}
+    base = result.base
+    table.add_row(
+        "accuracy",
+        f"{base['candidate']['accuracy']:.4f}",
+        f"{final['accuracy']:.4f}" if final.get("met") else "not met",
+    )
+    for key, target in base["targets"].items():
+        unit = _unit(key)
+        final_value = format_value((final.get("values") or {}).get(key), unit) if final.get("met") else "-"
+        table.add_row(
+            f"{key} (budget {format_value(target, unit)})", format_value(base["values"].get(key), unit), final_value
+        )
+    table.add_row(
+        "size",
+        format_value(base["candidate"]["size_bytes"], "bytes"),
+        format_value(final.get("size_bytes"), "bytes") if final.get("met") else "-",
+    )
+    console.print(table)

@@ -1,0 +1,96 @@
+"""One candidate: built and evaluated on the host, then measured on the device. Two steps, two functions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from edgecompress.artifact import Artifact
+from edgecompress.budgets import Budget, Evidence
+from edgecompress.compress import (
+    CompressionPlan,
+    SearchSpace,
+    apply_plan,
+    build_artifact,
+    evaluate_artifact,
+    model_cost,
+)
+from edgecompress.device import MeasureRequest, Session
+from edgecompress.observe import Observation, evaluate_metrics, observe
+from edgecompress.workload import Workload
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A plan turned into deployable bytes, with the accuracy of those exact bytes on the host."""
+
+    plan: CompressionPlan
+    artifact: Artifact
+    accuracy: float
+    macs: int
+    params: int
+    build_s: float
+    eval_s: float
+
+    def host_values(self, budgets: list[Budget]) -> dict[str, float | None]:
+        """Metric values the host knows without the device (size)."""
+        evidence = Evidence(size_bytes=self.artifact.size_bytes)
+        return {b.key: b.value(evidence) for b in budgets if b.spec.on_host}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.to_json(),
+            "sha256": self.artifact.sha256,
+            "size_bytes": self.artifact.size_bytes,
+            "format": self.artifact.format,
+            "accuracy": self.accuracy,
+            "macs": self.macs,
+            "params": self.params,
+            "build_s": self.build_s,
+            "eval_s": self.eval_s,
+        }
+
+
+def build_candidate(
+    base: nn.Module,
+    plan: CompressionPlan,
+    workload: Workload,
+    space: SearchSpace,
+    opset: int,
+    val_limit: int | None = None,
+    model: nn.Module | None = None,
+) -> tuple[nn.Module, Candidate]:
+    """Prune ``base`` by ``plan`` (or take an already pruned ``model``), export, quantize and evaluate it."""
+    t0 = time.perf_counter()
+    pruned = model if model is not None else apply_plan(base, plan, workload, space)
+    artifact = build_artifact(pruned, plan, workload, opset=opset)
+    t1 = time.perf_counter()
+    accuracy = evaluate_artifact(artifact, workload, limit=val_limit)
+    t2 = time.perf_counter()
+    macs, params = model_cost(pruned, workload.input_shape)
+    return pruned, Candidate(plan, artifact, float(accuracy), int(macs), int(params), t1 - t0, t2 - t1)
+
+
+@dataclass(frozen=True)
+class DeviceResult:
+    observation: Observation
+    transfer_s: float
+    measure_s: float
+
+
+def measure_candidate(
+    session: Session, artifact: Artifact, spec: MeasureRequest, budgets: list[Budget]
+) -> DeviceResult:
+    """Send the artifact (only if the device lacks it) and measure it."""
+    t0 = time.perf_counter()
+    sha = session.put_model(artifact.data)
+    t1 = time.perf_counter()
+    observation = observe(session, sha, artifact.size_bytes, spec, budgets)
+    return DeviceResult(observation, t1 - t0, time.perf_counter() - t1)
+
+
+def host_only_values(artifact: Artifact, budgets: list[Budget]) -> dict[str, float | None]:
+    return evaluate_metrics(Evidence(size_bytes=artifact.size_bytes), [b for b in budgets if b.spec.on_host])

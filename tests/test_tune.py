@@ -1,0 +1,162 @@
+"""edgecompress tune end to end on the digits example, on the local device: rounds, resume, interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+
+from edgecompress.config import TuneConfig
+from edgecompress.search import run_tune
+
+QUICK = ["--runs", "30", "--min-seconds", "0.05", "--finetune-steps", "15", "--val-limit", "300"]
+
+
+def tune_cli(*args: str, out: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "edgecompress", "tune", *args, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.fixture()
+def env(tmp_path):
+    return dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), COLUMNS="160")
+
+
+def _poll(run_dir: Path) -> dict[int, list[tuple[str, str | None]]]:
+    """_finished, or nothing while the run has not created its storage yet (or holds a write lock on it)."""
+    if not (run_dir / "study.sqlite3").is_file():
+        return {}
+    try:
+        return _finished(run_dir)
+    except (sqlite3.Error, sqlalchemy.exc.SQLAlchemyError, KeyError):
+        return {}
+
+
+def _finished(run_dir: Path) -> dict[int, list[tuple[str, str | None]]]:
+    """Per round: (state, fail_reason) of every trial in the run's storage."""
+    storage = f"sqlite:///{run_dir / 'study.sqlite3'}"
+    result = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        round_index = int(summary.study_name.rsplit("-", 1)[1])
+        result[round_index] = [(t.state.name, t.user_attrs.get("fail_reason")) for t in study.trials]
+    return result
+
+
+def test_tune_meets_a_relative_latency_budget_and_writes_its_folder(tmp_path, env):
+    out = tmp_path / "run"
+    process = tune_cli("--example", "digits", "--budget", "latency.mean<=0.9x", "--budget", "size<=1MB",
+                       "--rounds", "2", "--trials-per-round", "3", "--seed", "1", *QUICK, out=out, env=env)
+    stdout, stderr = process.communicate(timeout=600)
+    results = json.loads((out / "results.json").read_text())
+    assert process.returncode in (0, 1), stderr
+    assert len(results["trials"]) == 6 and {t["round"] for t in results["trials"]} == {0, 1}
+    assert len(results["rounds"]) == 2
+    first = results["trials"][0]
+    # The identity plan goes first, and the trial records thresholds, plan, statistics and constraint values.
+    assert first["plan"]["ratios"] == {} and first["plan"]["quant"] == "fp32"
+    assert set(first["constraints"]) == {"latency.mean", "size"} and first["latency"]["count"] >= 30
+    thresholds = results["base"]["thresholds"]["latency.mean"]
+    assert thresholds[0] > thresholds[1] == pytest.approx(results["base"]["targets"]["latency.mean"])
+    assert "round 1/2" in stdout and "round 2/2" in stdout
+    if process.returncode == 0:
+        final = results["final"]
+        assert final["met"] and final["values"]["latency.mean"] <= results["base"]["targets"]["latency.mean"]
+        assert (out / "model.onnx").is_file() and (out / "plan.json").is_file()
+    else:
+        assert results["final"] == {"met": False} and "not met" in stdout
+    assert (out / "study.sqlite3").is_file() and (out / "tune.log").is_file()
+
+
+def test_kill_9_in_round_two_then_resume_finishes_every_trial_once(tmp_path, env):
+    out = tmp_path / "run"
+    args = ["--example", "digits", "--budget", "latency.mean<=0.8x", "--rounds", "2", "--trials-per-round", "4",
+            "--seed", "3", *QUICK]
+    process = tune_cli(*args, out=out, env=env)
+    deadline = time.monotonic() + 600
+    # Wait (by condition, polling the run's own storage) until round 2 has a finished trial, then SIGKILL.
+    while time.monotonic() < deadline and process.poll() is None:
+        rounds = _poll(out)
+        if any(state == "COMPLETE" for state, _ in rounds.get(1, [])):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run([sys.executable, "-m", "edgecompress", "tune", "--resume", str(out)],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode in (0, 1), resumed.stderr
+    rounds = _finished(out)
+    for round_index in (0, 1):
+        counted = [s for s, reason in rounds[round_index] if s == "COMPLETE" or (s == "FAIL" and reason != "interrupted")]
+        assert len(counted) == 4, rounds[round_index]
+    assert all(s != "RUNNING" for trials in rounds.values() for s, _ in trials)
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["rounds"]) == 2 and results["final"] is not None
+
+
+def test_ctrl_c_stops_after_the_trial_in_flight_and_resume_completes(tmp_path, env):
+    out = tmp_path / "run"
+    process = tune_cli("--example", "digits", "--budget", "latency.mean<=0.8x", "--rounds", "1",
+                       "--trials-per-round", "6", *QUICK, out=out, env=env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(s == "COMPLETE" for s, _ in _poll(out).get(0, [])):
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    assert "--resume" in stdout and (out / "results.json").is_file()
+    states = [s for s, _ in _finished(out)[0]]
+    assert "RUNNING" not in states and len(states) < 6
+    resumed = subprocess.run([sys.executable, "-m", "edgecompress", "tune", "--resume", str(out)],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode in (0, 1), resumed.stderr
+    assert [s for s, _ in _finished(out)[0]].count("COMPLETE") == 6
+
+
+def test_a_host_checked_budget_spends_no_device_time(tmp_path, env, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    config = TuneConfig(example="digits", budgets=["size<=1kB"], rounds=1, trials_per_round=2, finetune_steps=0,
+                        val_limit=200, runs=20, min_seconds=0.0)
+    result = run_tune(config, tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert not result.met and results["final"] == {"met": False}
+    for trial in results["trials"]:
+        assert trial["feasible"] is False and trial["latency"] is None and trial["constraints"]["size"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "latency.mean<=0.5x"], "give --example"),
+        (["--example", "digits"], "at least one --budget"),
+        (["--example", "digits", "--budget", "latency.mean<=fast"], "not of the form"),
+        (["--example", "digits", "--budget", "latency.mean<=1ms", "--schedule", "cubic"], "schedule"),
+        (["--example", "nope", "--budget", "latency.mean<=1ms"], "nope"),
+    ],
+)
+def test_bad_tune_input_is_one_line(tmp_path, env, args, message):
+    result = subprocess.run([sys.executable, "-m", "edgecompress", "tune", *args, "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_existing_output_folder_is_never_overwritten(tmp_path, env):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = subprocess.run([sys.executable, "-m", "edgecompress", "tune", "--example", "digits", "--budget",
+                             "latency.mean<=0.5x", "--out", str(out)], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "not empty" in result.stderr and (out / "keep.txt").read_text() == "mine"
