@@ -22,6 +22,7 @@ from edgecompress.gate import (
     budget_targets,
     budget_texts,
     confirm,
+    confirm_side_by_side,
     evaluate,
     load_baseline,
     merge_budgets,
@@ -284,3 +285,16 @@ def test_a_flagged_slowdown_counts_only_when_a_second_measurement_confirms_it():
     assert cleared.extra["suspected"][0]["regressions"][0]["status"] == "fail"
     confirmed = confirm(disturbed, check(sample_ms(3.0), [], baseline=base))
     assert confirmed.exit_code == 1 and "(confirmed; first measurement: ratio 1.5" in confirmed.regressions[0].message
+
+
+def test_side_by_side_confirmation_judges_the_two_models_measured_alternately():
+    base = Baseline.from_result_json(check(sample_ms(2.0), []).to_json(), "night-1.json")
+    disturbed = check(sample_ms(3.0), ["latency.p50<=5ms"], baseline=base)
+    settings = RegressionSettings()
+    to_ns = lambda ms: [int(x * 1e6) for x in ms]  # noqa: E731
+    # The device is slower now for both models alike: not the model's fault.
+    cleared = confirm_side_by_side(disturbed, to_ns(sample_ms(3.0)), to_ns(sample_ms(3.0)), settings)
+    assert cleared.exit_code == 0 and "not confirmed" in cleared.regressions[0].message
+    assert cleared.budgets == disturbed.budgets and cleared.extra["side_by_side"]["first"][0]["status"] == "fail"
+    confirmed = confirm_side_by_side(disturbed, to_ns(sample_ms(3.0)), to_ns(sample_ms(2.0)), settings)
+    assert confirmed.exit_code == 1 and "confirmed; the first measurement" in confirmed.regressions[0].message

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgecompress.artifact import load_artifact
@@ -93,7 +94,7 @@ def check(
     elif history_path is not None:
         past = read_history(history_path)
         for problem in past.problems:
-            err_console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+            err_console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
         base = past.baseline(model_name, profile.name, spec.runtime, regression.baseline_runs)
 
     try:
@@ -122,7 +123,7 @@ def check(
     if "-" not in (junit, json_path, markdown):  # stdout belongs to the report that was asked for there
         _print_result(result)
     for line in result.problems():
-        err_console.print(line, highlight=False, soft_wrap=True)
+        err_console.print(line, highlight=False, soft_wrap=True, markup=False)
     sys.exit(result.exit_code)
 
 
@@ -134,12 +135,12 @@ def _print_result(result: CheckResult) -> None:
     table.add_column("status")
     table.add_column("figures")
     for b in result.budgets:
-        table.add_row(b.budget, f"[{colour[b.status]}]{b.status}[/]", b.message)
+        table.add_row(escape(b.budget), f"[{colour[b.status]}]{b.status}[/]", escape(b.message))
     for r in result.regressions:
-        table.add_row(f"regression {r.metric}", f"[{colour[r.status]}]{r.status}[/]", r.message)
+        table.add_row(f"regression {r.metric}", f"[{colour[r.status]}]{r.status}[/]", escape(r.message))
     console.print(table)
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, markup=False)
     console.print("[green]passed[/]" if result.passed else "[red]failed[/]")
 
 
@@ -162,7 +163,7 @@ def history_command(
             raise ConfigError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
     past = read_history(path, must_exist=True)
     for problem in past.problems:
-        err_console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
     series = [s for s in past.series() if (model is None or s[0] == model) and (device is None or s[1] == device)
               and (runtime is None or s[2] == runtime)]
     if not series:
@@ -187,7 +188,7 @@ def history_command(
             table.add_row(r.started_utc.replace("T", " ").rstrip("Z"), r.sha256[:8], r.runtime_version or "?",
                           *(format_metric(m, r.values.get(m)) for m in metric),
                           "" if r.ratio is None else f"{r.ratio:.3f}",
-                          "[green]pass[/]" if r.passed else f"[red]fail[/] {', '.join(r.failed)}")
+                          "[green]pass[/]" if r.passed else f"[red]fail[/] {escape(', '.join(r.failed))}")
         console.print(table)
         if plot is not None:
             plot_trend(rows, metric, plot, title)

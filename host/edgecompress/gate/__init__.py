@@ -15,14 +15,17 @@ from edgecompress.gate._run import (
     DeviceRun,
     budget_targets,
     confirm,
+    confirm_side_by_side,
     evaluate,
     load_baseline,
     measure_model,
+    measure_side_by_side,
     run_check,
 )
 
 __all__ = [
     "SCHEMA", "Baseline", "BudgetOutcome", "CheckConfig", "CheckResult", "DeviceRun", "RegressionOutcome",
-    "RegressionSettings", "budget_targets", "budget_texts", "confirm", "evaluate", "load_baseline", "load_check_config",
-    "measure_model", "merge_budgets", "parse_check_config", "parse_tolerance", "read_budgets", "run_check",
+    "RegressionSettings", "budget_targets", "budget_texts", "confirm", "confirm_side_by_side", "evaluate",
+    "load_baseline", "load_check_config", "measure_model", "measure_side_by_side", "merge_budgets",
+    "parse_check_config", "parse_tolerance", "read_budgets", "run_check",
 ]

@@ -168,6 +168,56 @@ def evaluate(run: DeviceRun, *, model: str, model_path: str, device: str, spec: 
     )
 
 
+def measure_side_by_side(profile: DeviceProfile, artifact: Artifact, baseline_sha256: str, spec: MeasureRequest,
+                         rounds: int = 3, on_event: Callable[[str], None] | None = None,
+                         **session_options: Any) -> tuple[list[int], list[int]] | None:
+    """Measure the model and the baseline's model alternately in one session (A B A B ...): raw latencies of each.
+
+    None when the device no longer holds the baseline's bytes (its agent cache was cleared, another board): the
+    host keeps no copy of old models. Interleaving is what makes the comparison fair on a noisy device: load that
+    comes and goes slows both models alike.
+    """
+    session = open_session(profile, on_event=on_event, **session_options)
+    try:
+        status, _ = session.request("has_model", {"sha256": baseline_sha256})
+        if not status.get("cached"):
+            return None
+        sha = session.put_model(artifact.data)
+        current: list[int] = []
+        reference: list[int] = []
+        for _ in range(rounds):
+            current.extend(session.measure(sha, spec).latencies_ns)
+            reference.extend(session.measure(baseline_sha256, spec).latencies_ns)
+    finally:
+        session.close()
+    return current, reference
+
+
+def confirm_side_by_side(suspected: CheckResult, current_ns: Sequence[int], reference_ns: Sequence[int],
+                         settings: RegressionSettings) -> CheckResult:
+    """Decide a flagged slowdown on the interleaved measurement of both models: it counts only if it shows there.
+
+    The budgets stay decided on the first measurement; only the regression verdicts change.
+    """
+    merged = []
+    for outcome in suspected.regressions:
+        if outcome.status != "fail" or outcome.result is None or outcome.metric == "size":
+            merged.append(outcome)
+            continue
+        now = compare_samples(outcome.metric, [x / 1e6 for x in reference_ns], [x / 1e6 for x in current_ns],
+                              settings.policy(outcome.metric))
+        verdict = "confirmed" if now.regressed else "not confirmed"
+        message = (f"{now.describe()} (side by side with the baseline's model now, {verdict}; the first measurement "
+                   f"against the baseline run gave ratio {outcome.result.ratio:.3f})")
+        merged.append(RegressionOutcome(outcome.metric, "fail" if now.regressed else "pass", message, now))
+    side = {"runs": len(current_ns), "baseline_runs": len(reference_ns),
+            "first": [r.to_json() for r in suspected.regressions]}
+    note = ("a slowdown was flagged, so the model and the baseline's model were measured alternately on the device "
+            "to confirm it")
+    return replace(suspected, regressions=tuple(merged), extra={**suspected.extra, "side_by_side": side},
+                   notes=(*suspected.notes, note))
+
+
 def run_check(artifact: Artifact, *, model: str, model_path: str, profile: DeviceProfile, spec: MeasureRequest,
               budgets: Sequence[Budget], regression: RegressionSettings, baseline: Baseline | None,
               on_event: Callable[[str], None] | None = None, **session_options: Any) -> CheckResult:
@@ -181,6 +231,17 @@ def run_check(artifact: Artifact, *, model: str, model_path: str, profile: Devic
                         targets=targets, regression=regression, baseline=baseline)
 
     result = measure_and_evaluate()
+    if regression.confirm == 0 or not any(r.status == "fail" for r in result.regressions):
+        return result
+    # Side by side when possible: the same runtime as the baseline (else a runtime regression would cancel out)
+    # and the baseline's bytes still on the device.
+    if baseline is not None and baseline.runtime_version == result.runtime_version:
+        if on_event:
+            on_event("slowdown flagged; measuring the model and the baseline's model alternately to confirm")
+        paired = measure_side_by_side(profile, artifact, baseline.sha256, spec, rounds=2 + regression.confirm,
+                                      on_event=on_event, **session_options)
+        if paired is not None:
+            return confirm_side_by_side(result, paired[0], paired[1], regression)
     for attempt in range(regression.confirm):
         if not any(r.status == "fail" for r in result.regressions):
             break
