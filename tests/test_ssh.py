@@ -54,6 +54,14 @@ def _measure_in_thread(session, sha, spec):
     return thread, box
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 def _wait_measuring(pid: int, baseline: int, box: dict) -> None:
     # The agent only burns CPU while it measures: 0.3 s of CPU time means inference is under way.
     wait_until(lambda: "error" in box or cpu_ticks(pid) - baseline >= 30, what=f"agent {pid} to start measuring")
@@ -194,9 +202,13 @@ def test_ssh_connection_cut_mid_measurement_is_reopened(ssh_device: Path, sshd: 
         pid = session.info["pid"]
         connections = session.transport.connections
         baseline = cpu_ticks(pid)
-        thread, box = _measure_in_thread(session, sha, measure_request(profile, runs=10, min_seconds=3.0))
+        thread, box = _measure_in_thread(session, sha, measure_request(profile, runs=10, min_seconds=5.0))
         _wait_measuring(pid, baseline, box)
         sshd.cut_connection(pid)
+        wait_until(lambda: "error" in box or session.info["pid"] != pid, what="the agent to be restarted")
+        # The orphaned agent had seconds of measuring left: starting the new one stopped it, so that the retried
+        # measurement does not share the CPU with it.
+        assert not _alive(pid)
         thread.join(timeout=60)
         assert "error" not in box, box.get("error")
         assert len(box["result"].latencies_ns) >= 10

@@ -28,7 +28,7 @@ MIN_PYTHON = (3, 6)
 # "Python 2.7 is too old" instead of printing a SyntaxError. find_spec checks importability without paying for the
 # import (onnxruntime takes a second to import on a Pi).
 PROBE_SCRIPT = """\
-import json, os, sys
+import json, os, sys, time
 cache = os.path.abspath(os.path.expanduser(sys.argv[1] or os.path.join("~", ".cache", "edgecompress")))
 agent = os.path.join(cache, "agent", sys.argv[2])
 try:
@@ -41,6 +41,14 @@ for name in ("numpy", "onnxruntime", "tflite_runtime", "ai_edge_litert"):
         modules[name] = bool(find_spec and find_spec(name))
     except Exception:
         modules[name] = False
+run = os.path.join(cache, "run")
+for name in (os.listdir(run) if os.path.isdir(run) else []):
+    path = os.path.join(run, name)
+    try:
+        if os.path.getmtime(path) < time.time() - 86400:
+            os.remove(path)  # pid files of agents from sessions that ended more than a day ago
+    except OSError:
+        pass
 sys.stdout.write(json.dumps({
     "version": list(sys.version_info[:3]), "executable": sys.executable, "modules": modules,
     "cache_dir": cache, "agent_dir": agent,
@@ -216,15 +224,28 @@ def upload(client: paramiko.SSHClient, package: AgentPackage, agent_dir: str, de
         sftp.close()
 
 
-def serve_command(python: str, found: Probe) -> str:
-    """The exec-channel command line that runs the uploaded agent."""
-    return " ".join(shlex.quote(part) for part in (
+def serve_command(python: str, found: Probe, token: str | None = None) -> str:
+    """The exec-channel command line that runs the uploaded agent.
+
+    With a ``token`` (one per host-side transport) the agent's pid is kept in ``<cache>/run/<token>.pid`` and the
+    previous agent of the same token is stopped first: after a cut link the old agent would otherwise finish its
+    measurement alongside the retried one and skew both.
+    """
+    agent = " ".join(shlex.quote(part) for part in (
         "exec", "env", f"PYTHONPATH={found.agent_dir}", python, "-m", "edgecompress_agent",
         "--cache-dir", found.cache_dir, "serve"))
+    if not token:
+        return agent
+    run = shlex.quote(f"{found.cache_dir}/run")
+    pidfile = shlex.quote(f"{found.cache_dir}/run/{token}.pid")
+    # /proc/<pid>/cmdline is checked so that a recycled pid is never killed; $$ becomes the agent's pid at exec.
+    return (f"mkdir -p {run} && if [ -f {pidfile} ]; then old=$(cat {pidfile}); "
+            f"if grep -q edgecompress_agent /proc/$old/cmdline 2>/dev/null; then kill $old; fi; fi; "
+            f"echo $$ > {pidfile} && {agent}")
 
 
 def bootstrap(client: paramiko.SSHClient, python: str, cache_dir: str | None, runtime: str, device: str,
-              require_runtime: bool = True, package: AgentPackage | None = None,
+              require_runtime: bool = True, package: AgentPackage | None = None, token: str | None = None,
               on_event: Callable[[str], None] | None = None) -> BootstrapResult:
     """Probe the device, upload the agent if this version is missing, and return the command that serves."""
     package = package or agent_package()
@@ -234,7 +255,7 @@ def bootstrap(client: paramiko.SSHClient, python: str, cache_dir: str | None, ru
     issues = problems(found, runtime, device)
     if issues and (require_runtime or found.version < MIN_PYTHON):
         raise DeviceError(issues[0] + (f" (and {len(issues) - 1} more problem(s))" if len(issues) > 1 else ""))
-    result = BootstrapResult(probe=found, command=serve_command(python, found), uploaded=False, probe_s=probe_s,
+    result = BootstrapResult(probe=found, command=serve_command(python, found, token), uploaded=False, probe_s=probe_s,
                              problems=issues)
     if not found.agent_present:
         if on_event:

@@ -13,6 +13,7 @@ import hashlib
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,6 +364,7 @@ class SshTransport:
         self.on_event = on_event
         self.require_runtime = require_runtime
         self.package: AgentPackage = agent_package()
+        self.token = uuid.uuid4().hex[:12]  # names this host-side transport's agent on the device (see serve_command)
         self.connections = 0
         self.last_bootstrap: BootstrapResult | None = None
         self.last_connect_s = 0.0
@@ -378,7 +380,7 @@ class SshTransport:
         """Probe the device and install the agent if this version is missing."""
         result = bootstrap(connection.client, self.python, self.cache_dir, self.profile.runtime.name,
                            f"{self.name} ({self.target.display})", require_runtime=self.require_runtime,
-                           package=self.package, on_event=self.on_event)
+                           package=self.package, on_event=self.on_event, token=self.token)
         self.last_bootstrap = result
         return result
 
