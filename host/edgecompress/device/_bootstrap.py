@@ -239,9 +239,11 @@ def serve_command(python: str, found: Probe, token: str | None = None) -> str:
     run = shlex.quote(f"{found.cache_dir}/run")
     pidfile = shlex.quote(f"{found.cache_dir}/run/{token}.pid")
     # /proc/<pid>/cmdline is checked so that a recycled pid is never killed; $$ becomes the agent's pid at exec.
-    return (f"mkdir -p {run} && if [ -f {pidfile} ]; then old=$(cat {pidfile}); "
-            f"if grep -q edgecompress_agent /proc/$old/cmdline 2>/dev/null; then kill $old; fi; fi; "
-            f"echo $$ > {pidfile} && {agent}")
+    # sh -c: the login shell may be fish or zsh, which do not all read this syntax.
+    script = (f"mkdir -p {run} && if [ -f {pidfile} ]; then old=$(cat {pidfile}); "
+              f"if grep -q edgecompress_agent /proc/$old/cmdline 2>/dev/null; then kill $old; fi; fi; "
+              f"echo $$ > {pidfile} && {agent}")
+    return f"exec sh -c {shlex.quote(script)}"
 
 
 def bootstrap(client: paramiko.SSHClient, python: str, cache_dir: str | None, runtime: str, device: str,
