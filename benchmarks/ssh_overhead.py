@@ -74,6 +74,10 @@ def measure_link(make_profile: Callable[[Path], DeviceProfile], models: dict[str
     return out
 
 
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -116,7 +120,8 @@ def main() -> None:
     for metric in metrics:
         cells = []
         for values in (r.get(metric) for r in results.values()):
-            cells.append(f"{statistics.median(values):.3g} [{min(values):.3g}-{max(values):.3g}]" if values else "-")
+            cells.append(f"{_fmt(statistics.median(values))} [{_fmt(min(values))}-{_fmt(max(values))}]"
+                         if values else "-")
         print(f"| {metric} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
