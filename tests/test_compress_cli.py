@@ -9,7 +9,6 @@ import sys
 
 import onnx
 import pytest
-
 from edgecompress.artifact import load_artifact
 from edgecompress.cli import main
 
@@ -19,7 +18,11 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, COLUMNS="120", OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "edgecompress", "compress", *args],
-        capture_output=True, text=True, env=env, timeout=300, cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=cwd,
     )
 
 
@@ -43,8 +46,9 @@ def test_a_plan_prunes_quantizes_and_reports(tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"ratios": {"stage1": 0.5, "conv3": 0.5}, "quant": "int8", "round_to": 2}))
     out = tmp_path / "out"
-    result = run_cli("--example", "digits", "--plan", str(plan), "-o", str(out), "--opset", "13",
-                     "--finetune-steps", "20")
+    result = run_cli(
+        "--example", "digits", "--plan", str(plan), "-o", str(out), "--opset", "13", "--finetune-steps", "20"
+    )
     assert result.returncode == 0, result.stderr
     assert "MACs" in result.stdout and "fewer" in result.stdout
     report = json.loads((out / "report.json").read_text())
