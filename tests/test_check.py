@@ -291,10 +291,15 @@ def test_side_by_side_confirmation_judges_the_two_models_measured_alternately():
     base = Baseline.from_result_json(check(sample_ms(2.0), []).to_json(), "night-1.json")
     disturbed = check(sample_ms(3.0), ["latency.p50<=5ms"], baseline=base)
     settings = RegressionSettings()
-    to_ns = lambda ms: [int(x * 1e6) for x in ms]  # noqa: E731
-    # The device is slower now for both models alike: not the model's fault.
-    cleared = confirm_side_by_side(disturbed, to_ns(sample_ms(3.0)), to_ns(sample_ms(3.0)), settings)
+    def rounds(baseline_ms: list[float], current_ms: list[float]) -> list[tuple[list[int], list[int]]]:
+        return [([int(x * 1e6) for x in sample_ms(b, 100)], [int(x * 1e6) for x in sample_ms(c, 100)])
+                for b, c in zip(baseline_ms, current_ms, strict=True)]
+
+    # The device is slower now for both models alike, and a burst of load hit one round: not the model's fault.
+    cleared = confirm_side_by_side(disturbed, rounds([3.0, 3.0, 3.0, 3.0, 3.0], [3.0, 4.5, 3.0, 3.0, 3.0]), settings)
     assert cleared.exit_code == 0 and "not confirmed" in cleared.regressions[0].message
+    assert cleared.regressions[0].result is not None and cleared.regressions[0].result.method == "paired"
     assert cleared.budgets == disturbed.budgets and cleared.extra["side_by_side"]["first"][0]["status"] == "fail"
-    confirmed = confirm_side_by_side(disturbed, to_ns(sample_ms(3.0)), to_ns(sample_ms(2.0)), settings)
+    confirmed = confirm_side_by_side(disturbed, rounds([2.0, 2.5, 2.0, 2.2, 2.0], [3.0, 3.7, 3.0, 3.3, 3.0]), settings)
     assert confirmed.exit_code == 1 and "confirmed; the first measurement" in confirmed.regressions[0].message
+    assert "5 alternating rounds" in confirmed.regressions[0].message

@@ -99,6 +99,9 @@ class RegressionResult:
         """One line for people: the ratio, its interval, the p-value and the verdict."""
         if self.method == "exact":
             figures = f"ratio {self.ratio:.3f} (exact, no noise)"
+        elif self.method == "paired":
+            figures = (f"ratio {self.ratio:.3f} ({self.confidence:.0%} CI {self.ci_low:.3f}-{self.ci_high:.3f} over "
+                       f"{self.baseline_runs} alternating rounds, paired t p={self.p_value:.2g})")
         else:
             over = f" over {self.baseline_runs} runs" if self.baseline_runs else ""
             figures = f"ratio {self.ratio:.3f} ({self.confidence:.0%} CI{over} {self.ci_low:.3f}-{self.ci_high:.3f}"
@@ -199,6 +202,47 @@ def compare_samples(metric: str, baseline: Sequence[float], current: Sequence[fl
         confidence=policy.confidence, p_value=p_value, tolerance=policy.tolerance, method=policy.method,
         significant=significant, regressed=significant and ratio > 1.0 + policy.tolerance,
         baseline_n=int(base.size), current_n=int(curr.size), baseline_runs=len(runs), run_spread=spread,
+    )
+
+
+def compare_paired(metric: str, rounds: Sequence[tuple[Sequence[float], Sequence[float]]],
+                   policy: RegressionPolicy = RegressionPolicy()) -> RegressionResult:
+    """Compare two models measured alternately, round by round: ``rounds`` holds (baseline, current) samples.
+
+    Each round gives one ratio of the statistic; the test is a one-sample t on their logs. Load that comes and goes
+    on the device hits a round or two, which then shows as spread between rounds instead of as a slowdown: the
+    round-to-round variation is the noise, as with paired measurements in any benchmark.
+    """
+    from scipy.stats import t as student
+    from scipy.stats import ttest_1samp
+
+    statistic = sample_statistic(metric)
+    if statistic is None:
+        raise ValueError(f"{metric} is not a statistic of the latency sample; a regression test needs one")
+    if len(rounds) < 3:
+        raise ValueError(f"a paired comparison needs at least 3 rounds, got {len(rounds)}")
+    base_values, curr_values = [], []
+    for base, curr in rounds:
+        b, c = np.asarray(base, dtype=np.float64), np.asarray(curr, dtype=np.float64)
+        if b.size < 2 or c.size < 2:
+            raise ValueError("every round needs at least 2 values per model")
+        base_values.append(float(statistic(b)))
+        curr_values.append(float(statistic(c)))
+    logs = np.log(np.asarray(curr_values) / np.asarray(base_values))
+    k = logs.size
+    mean, spread = float(logs.mean()), float(logs.std(ddof=1))
+    half = float(student.ppf(0.5 + policy.confidence / 2, k - 1)) * spread / math.sqrt(k)
+    ratio, low, high = math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+    p_value = float(ttest_1samp(logs, 0.0, alternative="greater").pvalue) if spread > 0 else (
+        0.0 if mean > 0 else 1.0)
+    significant = low > 1.0
+    return RegressionResult(
+        metric=metric, baseline_value=float(np.exp(np.log(base_values).mean())),
+        current_value=float(np.exp(np.log(curr_values).mean())), ratio=ratio, ci_low=low, ci_high=high,
+        confidence=policy.confidence, p_value=p_value, tolerance=policy.tolerance, method="paired",
+        significant=significant, regressed=significant and ratio > 1.0 + policy.tolerance,
+        baseline_n=sum(len(b) for b, _ in rounds), current_n=sum(len(c) for _, c in rounds),
+        baseline_runs=k, run_spread=spread,
     )
 
 

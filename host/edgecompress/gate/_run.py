@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgecompress.analysis import compare_samples, compare_values
+from edgecompress.analysis import compare_paired, compare_samples, compare_values
 from edgecompress.artifact import Artifact
 from edgecompress.budgets import Budget, check_budgets_measurable, format_value
 from edgecompress.config import DeviceProfile
@@ -169,9 +169,10 @@ def evaluate(run: DeviceRun, *, model: str, model_path: str, device: str, spec: 
 
 
 def measure_side_by_side(profile: DeviceProfile, artifact: Artifact, baseline_sha256: str, spec: MeasureRequest,
-                         rounds: int = 3, on_event: Callable[[str], None] | None = None,
-                         **session_options: Any) -> tuple[list[int], list[int]] | None:
-    """Measure the model and the baseline's model alternately in one session (A B A B ...): raw latencies of each.
+                         rounds: int = 5, on_event: Callable[[str], None] | None = None,
+                         **session_options: Any) -> list[tuple[tuple[int, ...], tuple[int, ...]]] | None:
+    """Measure the baseline's model and the model alternately in one session: per round, (baseline, current) raw
+    latencies. Each measurement is half the usual length, so the rounds cost what about five checks would.
 
     None when the device no longer holds the baseline's bytes (its agent cache was cleared, another board): the
     host keeps no copy of old models. Interleaving is what makes the comparison fair on a noisy device: load that
@@ -183,35 +184,37 @@ def measure_side_by_side(profile: DeviceProfile, artifact: Artifact, baseline_sh
         if not status.get("cached"):
             return None
         sha = session.put_model(artifact.data)
-        current: list[int] = []
-        reference: list[int] = []
-        for _ in range(rounds):
-            current.extend(session.measure(sha, spec).latencies_ns)
-            reference.extend(session.measure(baseline_sha256, spec).latencies_ns)
+        half = replace(spec, runs=max(20, spec.runs // 2), min_seconds=spec.min_seconds / 2)
+        pairs = []
+        for index in range(rounds):
+            # Alternate which goes first, so a slow start or a steady warm-up favours neither model.
+            order = (baseline_sha256, sha) if index % 2 == 0 else (sha, baseline_sha256)
+            measured = {s: session.measure(s, half).latencies_ns for s in order}
+            pairs.append((measured[baseline_sha256], measured[sha]))
     finally:
         session.close()
-    return current, reference
+    return pairs
 
 
-def confirm_side_by_side(suspected: CheckResult, current_ns: Sequence[int], reference_ns: Sequence[int],
+def confirm_side_by_side(suspected: CheckResult, rounds: Sequence[tuple[Sequence[int], Sequence[int]]],
                          settings: RegressionSettings) -> CheckResult:
-    """Decide a flagged slowdown on the interleaved measurement of both models: it counts only if it shows there.
+    """Decide a flagged slowdown on the alternating measurement of both models: it counts only if it shows there.
 
-    The budgets stay decided on the first measurement; only the regression verdicts change.
+    ``rounds`` holds (baseline model, model) latencies in ns per round. The budgets stay decided on the first
+    measurement; only the regression verdicts change.
     """
+    rounds_ms = [([x / 1e6 for x in base], [x / 1e6 for x in curr]) for base, curr in rounds]
     merged = []
     for outcome in suspected.regressions:
         if outcome.status != "fail" or outcome.result is None or outcome.metric == "size":
             merged.append(outcome)
             continue
-        now = compare_samples(outcome.metric, [x / 1e6 for x in reference_ns], [x / 1e6 for x in current_ns],
-                              settings.policy(outcome.metric))
+        now = compare_paired(outcome.metric, rounds_ms, settings.policy(outcome.metric))
         verdict = "confirmed" if now.regressed else "not confirmed"
         message = (f"{now.describe()} (side by side with the baseline's model now, {verdict}; the first measurement "
                    f"against the baseline run gave ratio {outcome.result.ratio:.3f})")
         merged.append(RegressionOutcome(outcome.metric, "fail" if now.regressed else "pass", message, now))
-    side = {"runs": len(current_ns), "baseline_runs": len(reference_ns),
-            "first": [r.to_json() for r in suspected.regressions]}
+    side = {"rounds": len(rounds), "first": [r.to_json() for r in suspected.regressions]}
     note = ("a slowdown was flagged, so the model and the baseline's model were measured alternately on the device "
             "to confirm it")
     return replace(suspected, regressions=tuple(merged), extra={**suspected.extra, "side_by_side": side},
@@ -238,10 +241,10 @@ def run_check(artifact: Artifact, *, model: str, model_path: str, profile: Devic
     if baseline is not None and baseline.runtime_version == result.runtime_version:
         if on_event:
             on_event("slowdown flagged; measuring the model and the baseline's model alternately to confirm")
-        paired = measure_side_by_side(profile, artifact, baseline.sha256, spec, rounds=2 + regression.confirm,
+        paired = measure_side_by_side(profile, artifact, baseline.sha256, spec, rounds=4 + regression.confirm,
                                       on_event=on_event, **session_options)
         if paired is not None:
-            return confirm_side_by_side(result, paired[0], paired[1], regression)
+            return confirm_side_by_side(result, paired, regression)
     for attempt in range(regression.confirm):
         if not any(r.status == "fail" for r in result.regressions):
             break
