@@ -38,7 +38,7 @@ def export_onnx(model: nn.Module, input_shape: Iterable[int], opset: int = 17) -
             torch.onnx.export(
                 model,
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # a file object works for the TorchScript exporter
                 opset_version=opset,
                 dynamo=False,
                 input_names=[INPUT_NAME],

@@ -234,7 +234,7 @@ def _groups(model: nn.Module, graph: tp.DependencyGraph, ignore: Iterable[str]) 
     ignored = module_names(model, ignore)
     # Everything inside an ignored module is ignored too: "layer4" keeps the whole stage.
     ignored_all = [sub for module in ignored for sub in module.modules()]
-    found = []
+    found: list[tuple[Group, nn.Module]] = []
     for dg_group in graph.get_all_groups(ignored_layers=ignored_all, root_module_types=_PRUNABLE):
         producers, consumers = set(), set()
         for item in dg_group:
