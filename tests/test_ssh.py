@@ -6,6 +6,7 @@ import dataclasses
 import getpass
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -113,6 +114,26 @@ def test_accept_new_host_records_the_key_then_it_is_trusted(sshd: SshServer, tmp
     assert oct(known.stat().st_mode & 0o777) == "0o600"
     with open_session(profile) as session:  # now known: no flag needed
         assert session.info["agent_version"]
+
+
+def test_hashed_known_hosts_with_marker_lines_is_read(sshd: SshServer, tmp_path: Path) -> None:
+    profile = resolve_device(str(write_profile(sshd, tmp_path)))
+    known = tmp_path / "known_hosts"
+    other = keygen(tmp_path / "ca").with_suffix(".pub").read_text().split()[:2]
+    known.write_text(sshd.known_hosts_line())
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known)], check=True, capture_output=True)
+    assert known.read_text().startswith("|1|")  # as Debian's HashKnownHosts writes them
+    known.write_text(f"@cert-authority *.lab {other[0]} {other[1]}\n" + known.read_text())
+    with open_session(profile) as session:
+        assert session.info["agent_version"]
+
+
+def test_revoked_host_key_is_refused_even_with_accept_new(sshd: SshServer, tmp_path: Path) -> None:
+    profile = resolve_device(str(write_profile(sshd, tmp_path)))
+    (tmp_path / "known_hosts").write_text("@revoked * " + sshd.known_hosts_line().split(" ", 1)[1])
+    with pytest.raises(HostKeyError, match="marked @revoked"):
+        open_session(profile, accept_new_host=True)
+    assert (tmp_path / "known_hosts").read_text().count("\n") == 1
 
 
 @pytest.mark.parametrize("kind", ["ed25519", "rsa"])

@@ -190,6 +190,7 @@ def upload(client: paramiko.SSHClient, package: AgentPackage, agent_dir: str, de
     partial = f"{agent_dir}.partial-{uuid.uuid4().hex[:8]}"
     try:
         sftp = client.open_sftp()
+        sftp.get_channel().settimeout(120)  # a link that dies mid-upload must not hang the host
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise ConnectionLost(f"cannot open SFTP on {device} to upload the agent: {exc}") from exc
     try:

@@ -155,7 +155,8 @@ def check_device(profile: DeviceProfile, **options: Any) -> list[CheckItem]:
     where = f"{profile.transport}"
     if profile.ssh is not None:
         where += f" to {profile.ssh.host}"
-    items = [CheckItem("profile", "ok", f"{profile.name}: {where}, python {profile.python or 'python3'}, "
+    python = profile.python or ("python3" if profile.transport == "ssh" else "the host's own Python")
+    items = [CheckItem("profile", "ok", f"{profile.name}: {where}, python {python}, "
                        f"runtime {profile.runtime.name}")]
     problems: list[str] = []
     if profile.transport == "ssh":

@@ -148,13 +148,17 @@ class _StrictPolicy(paramiko.MissingHostKeyPolicy):
     known_hosts holds; a key of another type than the known ones is treated here as a changed key.
     """
 
-    def __init__(self, target: SshTarget, known: paramiko.HostKeys):
+    def __init__(self, target: SshTarget, known: paramiko.HostKeys, revoked: set[str]):
         self.target = target
         self.known = known
+        self.revoked = revoked
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         known = self.known.lookup(hostname)
         path = Path(self.target.known_hosts).expanduser()
+        if key.get_base64() in self.revoked:
+            raise HostKeyError(f"the host key of {self.target.display} ({key.get_name()} {fingerprint(key)}) is "
+                               f"marked @revoked in known_hosts; refusing to connect")
         if known:
             types = ", ".join(sorted(known.keys()))
             raise HostKeyError(
@@ -175,6 +179,37 @@ class _StrictPolicy(paramiko.MissingHostKeyPolicy):
             os.chmod(path, 0o600)
             handle.write(("\n" if needs_newline else "") + line)
         client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def _load_known_hosts(path: Path, known: paramiko.HostKeys, revoked: set[str]) -> None:
+    """Add a known_hosts file's keys to ``known`` and its @revoked keys to ``revoked``.
+
+    Line by line, because paramiko's own loader gives up on the whole file at a marker line (@cert-authority,
+    @revoked) or a key it cannot parse; such lines are skipped here, except that revoked keys are remembered so that
+    --accept-new-host cannot let them in.
+    """
+    if not path.is_file():
+        return
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise DeviceError(f"cannot read known hosts {path}: {exc}") from exc
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            fields = line.split()
+            if fields[0] == "@revoked" and len(fields) >= 4:
+                revoked.add(fields[3])
+            continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
+        except Exception:  # paramiko raises several kinds for a key it cannot read; OpenSSH skips those lines too
+            continue
+        if entry is not None and entry.key is not None:
+            for name in entry.hostnames:
+                known.add(name, entry.key.get_name(), entry.key)
 
 
 def _tune_socket(sock: Any, keepalive_s: float) -> None:
@@ -233,18 +268,14 @@ def connect(target: SshTarget, sock: Any = None) -> Connection:
             sock = paramiko.ProxyCommand(target.proxy_command)  # tokens (%h, %p, %r) were expanded by the lookup
         client = paramiko.SSHClient()
         known = paramiko.HostKeys()
+        revoked: set[str] = set()
         for path in (SYSTEM_KNOWN_HOSTS, target.known_hosts):
-            expanded = Path(path).expanduser()
-            if expanded.is_file():
-                try:
-                    known.load(str(expanded))
-                except (OSError, paramiko.SSHException) as exc:
-                    raise DeviceError(f"cannot read known hosts {expanded}: {exc}") from exc
+            _load_known_hosts(Path(path).expanduser(), known, revoked)
         # paramiko checks these itself (and prefers the key type they hold); the policy sees the rest.
         for name, keys in known.items():
             for kind, key in keys.items():
                 client.get_host_keys().add(name, kind, key)
-        client.set_missing_host_key_policy(_StrictPolicy(target, known))
+        client.set_missing_host_key_policy(_StrictPolicy(target, known, revoked))
         _connect_client(client, target, sock)
     except BaseException:
         for jump in reversed(jumps):
