@@ -23,6 +23,7 @@ from edgecompress.compress._space import Quant
 from edgecompress.config import DeviceProfile, TuneConfig, resolve_device
 from edgecompress.device import Session, measure_request, open_session
 from edgecompress.errors import ConfigError, DeviceError, EdgecompressError
+from edgecompress.report import group_channels, library_versions, write_tune_report_or_warn
 from edgecompress.search._candidate import Candidate, build_candidate, measure_candidate
 from edgecompress.search._negotiate import choose_opset
 from edgecompress.search._schedule import thresholds
@@ -226,6 +227,7 @@ class Tuner:
         interrupted = completed < rounds
         final = None if interrupted else self._final(original)
         self._write_results()
+        write_tune_report_or_warn(self.run_dir, warn=self.reporter.message)
         met = bool(final and final.get("met"))
         return TuneResult(self.run_dir, met, final, base_info, interrupted)
 
@@ -561,6 +563,8 @@ class Tuner:
             "chosen_trial": chosen.number,
             "feasible": feasible,
             "before_finetune_accuracy": chosen.user_attrs["candidate"]["accuracy"],
+            # Channels per group before and after this round, for reports (the plan alone holds only ratios).
+            "groups": group_channels(space, self._space(tuned), plan),
             "next_base": {**candidate.to_json(), "values": device["values"], "observation": device["observation"]},
         }
         self.state["rounds"] = [r for r in self.state["rounds"] if r["round"] != t] + [entry]
@@ -661,7 +665,8 @@ class Tuner:
             "config": self.config.model_dump(),
             "device": self.state.get("device"),
             "budgets": [b.to_json() for b in self.budgets],
-            "base": {k: v for k, v in self.state.get("base", {}).items() if k != "observation"},
+            "base": self.state.get("base", {}),  # with the original's observation: reports compare raw latencies
+            "host": library_versions(),
             "rounds": self.state["rounds"],
             "drift": self.state.get("drift", []),
             "final": self.state.get("final"),
