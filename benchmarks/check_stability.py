@@ -45,7 +45,7 @@ def check(model: Path, history: Path, result_path: Path, device: str, extra: lis
     command = [sys.executable, "-m", "edgecompress", "check", str(model), "--device", device,
                "--history", str(history), "--json", str(result_path), *extra]
     done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode not in (0, 1):
+    if done.returncode not in (0, 1) or not result_path.exists():
         raise SystemExit(f"check exited {done.returncode}: {done.stderr.strip()}")
     return json.loads(result_path.read_text())
 
@@ -53,10 +53,14 @@ def check(model: Path, history: Path, result_path: Path, device: str, extra: lis
 def describe(label: str, result: dict) -> tuple[str, float | None, bool]:
     regression = result["regressions"][0]
     r = regression.get("result")
+    over = "alternating rounds" if r and r["method"] == "paired" else "baseline run(s)"
     figures = "no baseline" if r is None else (
-        f"ratio {r['ratio']:.3f} (CI {r['ci_low']:.3f}-{r['ci_high']:.3f} over "
-        f"{r.get('baseline_runs') or 1} run(s), p={r['p_value']:.2g})")
+        f"ratio {r['ratio']:.3f} (CI {r['ci_low']:.3f}-{r['ci_high']:.3f} over {r.get('baseline_runs') or 1} {over}, "
+        f"p={r['p_value']:.2g})")
     again = " after a re-measurement" if "suspected" in result["extra"] else ""
+    if "side_by_side" in result["extra"]:
+        first = result["extra"]["side_by_side"]["first"][0]["result"]["ratio"]
+        again = f" (first measurement: ratio {first:.3f}, re-measured side by side)"
     line = (f"{label}: p50 {result['latency']['p50_ms']:.3f} ms, n={result['latency']['count']}, {figures}: "
             f"{regression['status']}{again}")
     return line, None if r is None else r["ratio"], regression["status"] == "fail"

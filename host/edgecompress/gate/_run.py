@@ -187,10 +187,15 @@ def measure_side_by_side(profile: DeviceProfile, artifact: Artifact, baseline_sh
         half = replace(spec, runs=max(20, spec.runs // 2), min_seconds=spec.min_seconds / 2)
         pairs = []
         for index in range(rounds):
-            # Alternate which goes first, so a slow start or a steady warm-up favours neither model.
-            order = (baseline_sha256, sha) if index % 2 == 0 else (sha, baseline_sha256)
-            measured = {s: session.measure(s, half).latencies_ns for s in order}
-            pairs.append((measured[baseline_sha256], measured[sha]))
+            # Alternate which goes first, so a slow start or a steady warm-up favours neither model. (The two may
+            # be the same bytes: an unchanged model on a device that got slower.)
+            if index % 2 == 0:
+                reference = session.measure(baseline_sha256, half).latencies_ns
+                current = session.measure(sha, half).latencies_ns
+            else:
+                current = session.measure(sha, half).latencies_ns
+                reference = session.measure(baseline_sha256, half).latencies_ns
+            pairs.append((reference, current))
     finally:
         session.close()
     return pairs
