@@ -164,6 +164,36 @@ def test_ssh_config_alias_gives_hostname_port_user_and_key(sshd: SshServer, tmp_
         assert session.info["agent_version"]
 
 
+def test_key_from_ssh_agent(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No identity file anywhere: the only way in is the key held by a real ssh-agent.
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(socket_path.exists, what="ssh-agent's socket")
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        subprocess.run(["ssh-add", "-q", str(sshd.client_key)], check=True, capture_output=True)
+        path = write_profile(sshd, tmp_path, identity_file=None, allow_agent=True)
+        (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+        with open_session(resolve_device(str(path))) as session:
+            assert session.transport.target.identity_files == ()
+            assert session.info["agent_version"]
+        monkeypatch.delenv("SSH_AUTH_SOCK")
+        with pytest.raises(DeviceError, match=r"no key to log in to .* no ssh-agent \(SSH_AUTH_SOCK unset\)"):
+            open_session(resolve_device(str(path)))
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+def test_key_not_authorized_is_one_line_with_the_fix(sshd: SshServer, tmp_path: Path) -> None:
+    stranger = keygen(tmp_path / "stranger")
+    path = write_profile(sshd, tmp_path, identity_file=str(stranger))
+    (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+    with pytest.raises(DeviceError, match=r"authentication as \w+ on .* failed .*ssh-copy-id -p") as caught:
+        open_session(resolve_device(str(path)))
+    assert not isinstance(caught.value, ConnectionLost)  # not retried: a wrong key stays wrong
+
+
 def test_proxy_jump_through_a_bastion(sshd: SshServer, tmp_path: Path) -> None:
     # The loopback sshd is its own bastion: the device is reached through a direct-tcpip channel of a first login.
     folder = tmp_path / "dev"

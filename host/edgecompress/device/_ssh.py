@@ -330,15 +330,28 @@ def _connect_client(client: paramiko.SSHClient, target: SshTarget, sock: Any) ->
         raise DeviceError(f"authentication as {target.user} on {where} failed (tried ssh-agent and {tried}): add your "
                           f"public key to ~/.ssh/authorized_keys there, e.g. `ssh-copy-id -p {target.port} "
                           f"{target.user}@{target.hostname}`") from exc
+    except paramiko.SSHException as exc:
+        if "No authentication methods" not in str(exc):
+            client.close()
+            raise _unreachable(where, exc) from exc
+        client.close()
+        agent = "ssh-agent holds no key" if os.environ.get("SSH_AUTH_SOCK") else "no ssh-agent (SSH_AUTH_SOCK unset)"
+        raise DeviceError(f"no key to log in to {where} with: no identity file found and {agent}; set "
+                          "identity_file in the profile, IdentityFile in ~/.ssh/config, or `ssh-add` a key") from exc
     except socket.gaierror as exc:
         client.close()
         raise DeviceError(f"cannot resolve {target.hostname} (device {where}): {exc.strerror}") from exc
-    except (OSError, EOFError, paramiko.SSHException) as exc:
+    except (OSError, EOFError) as exc:
         client.close()
-        reason = "timed out" if isinstance(exc, TimeoutError | socket.timeout) else str(exc) or type(exc).__name__
-        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-            reason = "connection refused"
-        raise ConnectionLost(f"cannot reach {where}: {reason}") from exc
+        raise _unreachable(where, exc) from exc
+
+
+def _unreachable(where: str, exc: BaseException) -> ConnectionLost:
+    """A network-level failure: worth retrying, since a rebooting device or a Wi-Fi hiccup comes back."""
+    reason = "timed out" if isinstance(exc, TimeoutError | socket.timeout) else str(exc) or type(exc).__name__
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        reason = "connection refused"
+    return ConnectionLost(f"cannot reach {where}: {reason}")
 
 
 class SshChannel:
