@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import typer
@@ -26,6 +28,7 @@ def bench(
     max_seconds: float | None = typer.Option(None, min=0, help="Stop after this long, whatever the run count."),
     warmup_runs: int | None = typer.Option(None, min=0, help="Untimed inferences first."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    html: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML page (plots) here."),
     accept_new_host: bool = accept_new_host_option(),
 ) -> None:
     """Measure a model on a device: latency distribution, first inference, load time."""
@@ -43,6 +46,12 @@ def bench(
     finally:
         session.close()
     measurement, stats = observation.measurement, observation.latency
+    if html is not None:
+        from edgecompress.report import bench_report_html, write_html
+
+        page = bench_report_html(str(model), profile.name, spec.runtime, observation, hello, spec.to_fields(),
+                                 shlex.join(["edgecompress", *sys.argv[1:]]))
+        err_console.print(f"HTML page written to {write_html(page, html)}", highlight=False)
     tail, energy = observation.tail, observation.energy
     if as_json:
         print(json.dumps({"model": str(model), "sha256": sha, "device": profile.name, "runtime": spec.runtime,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +20,15 @@ from edgecompress.device import measure_request
 from edgecompress.errors import BudgetError, ConfigError, DeviceError
 from edgecompress.gate import CheckResult, load_baseline, load_check_config, merge_budgets, run_check
 from edgecompress.history import append_result, format_metric, plot_trend, read_history, trend
-from edgecompress.report import write_json, write_junit, write_junit_error, write_markdown, write_markdown_error
+from edgecompress.report import (
+    check_report_html,
+    write_html,
+    write_json,
+    write_junit,
+    write_junit_error,
+    write_markdown,
+    write_markdown_error,
+)
 
 CHECK_EXIT_CODES = (
     "Exit codes: 0 every budget met and no regression; 1 a budget failed or the model regressed (each failure named "
@@ -56,6 +65,8 @@ def check(
         "--json", help="Write the JSON result here, raw latencies included (a later --baseline).")] = None,
     markdown: Annotated[str | None, typer.Option(
         help="Write a Markdown summary here (append it to $GITHUB_STEP_SUMMARY).")] = None,
+    html: Annotated[str | None, typer.Option(
+        "--html", help="Write a self-contained HTML page (latency plots beside the baseline's) here.")] = None,
     runs: Annotated[int | None, typer.Option(
         min=1, help="At least this many timed inferences (default: the profile's).")] = None,
     min_seconds: Annotated[float | None, typer.Option(
@@ -82,7 +93,7 @@ def check(
     spec = measure_request(profile, runs=runs or settings.runs,
                            min_seconds=settings.min_seconds if min_seconds is None else min_seconds,
                            runtime=artifact.runtime)
-    for path, flag in ((junit, "--junit"), (json_path, "--json"), (markdown, "--markdown")):
+    for path, flag in ((junit, "--junit"), (json_path, "--json"), (markdown, "--markdown"), (html, "--html")):
         _output_folder_ok(path, flag)
     history_path = history or (Path(settings.history) if settings.history else None)
     baseline_path = baseline or (Path(settings.baseline) if settings.baseline else None)
@@ -118,9 +129,11 @@ def check(
         write_json(result, json_path)
     if markdown:
         write_markdown(result, markdown)
+    if html:
+        write_html(check_report_html(result, base, command=shlex.join(["edgecompress", *sys.argv[1:]])), html)
     if history_path is not None:
         append_result(history_path, result)
-    if "-" not in (junit, json_path, markdown):  # stdout belongs to the report that was asked for there
+    if "-" not in (junit, json_path, markdown, html):  # stdout belongs to the report that was asked for there
         _print_result(result)
     for line in result.problems():
         err_console.print(line, highlight=False, soft_wrap=True, markup=False)

@@ -365,13 +365,15 @@ def _environment_rows(hello: Mapping[str, Any]) -> list[tuple[str, Any]]:
                          for r in hello.get("runtimes") or [])
     sources = ", ".join(str(s.get("name", s)) if isinstance(s, dict) else str(s)
                         for s in hello.get("power_sources") or []) or "none"
-    return [("board", hello.get("board")), ("L4T", hello.get("l4t") or "–"),
-            ("CPU", f"{cpu.get('model')} ({cpu.get('arch')}, {cpu.get('count')} cores)"),
-            ("memory", format_value(memory.get("total_bytes"), "bytes")),
-            ("runtimes", runtimes or "–"), ("device Python", python.get("version")),
-            ("device numpy", hello.get("numpy") or "–"), ("power sources", sources),
-            ("thermal zones", len(hello.get("thermal_zones") or {})),
-            ("agent", f"{hello.get('agent_version')} (protocol {hello.get('protocol')})")]
+    rows = [("board", hello.get("board")), ("L4T", hello.get("l4t")),
+            ("CPU", f"{cpu.get('model')} ({cpu.get('arch')}, {cpu.get('count')} cores)" if cpu else None),
+            ("memory", format_value(memory.get("total_bytes"), "bytes") if memory else None),
+            ("runtimes", runtimes), ("device Python", python.get("version")), ("device numpy", hello.get("numpy")),
+            ("power sources", sources if "power_sources" in hello else None),
+            ("thermal zones", len(hello["thermal_zones"]) if "thermal_zones" in hello else None),
+            ("agent", f"{hello.get('agent_version')}" + (f" (protocol {hello['protocol']})" if "protocol" in hello
+                                                        else ""))]
+    return [(k, v) for k, v in rows if v not in (None, "")]  # a check result keeps less of the hello than tune
 
 
 def _environment_section(results: Mapping[str, Any]) -> Raw:

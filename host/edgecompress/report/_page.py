@@ -78,20 +78,20 @@ def cell(value: Any, sort: Any = None) -> Raw:
     return Raw(f"<td{attr}>{esc(value)}</td>")
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], sortable: bool = False, id_: str = "") -> Raw:
-    """A table; a row item that is already a ``<td>`` (from ``num``/``cell``) is used as is."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+def table(headers: Sequence[str] | None, rows: Iterable[Sequence[Any]], sortable: bool = False, id_: str = "") -> Raw:
+    """A table; a row item that is already a cell (from ``num``/``cell``, or a ``<th>``) is used as is."""
+    head = "" if headers is None else "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead>"
     body = []
     for row in rows:
-        cells = [c if isinstance(c, Raw) and c.startswith("<td") else f"<td>{esc(c)}</td>" for c in row]
+        cells = [c if isinstance(c, Raw) and c.startswith(("<td", "<th")) else f"<td>{esc(c)}</td>" for c in row]
         body.append("<tr>" + "".join(cells) + "</tr>")
     attrs = (' class="sortable"' if sortable else "") + (f' id="{esc(id_)}"' if id_ else "")
-    return Raw(f'<div class="scroll"><table{attrs}><thead><tr>{head}</tr></thead><tbody>'
+    return Raw(f'<div class="scroll"><table{attrs}>{head}<tbody>'
                + "".join(body) + "</tbody></table></div>")
 
 
 def kv_table(pairs: Iterable[tuple[str, Any]]) -> Raw:
-    return table(("", ""), ([Raw(f"<th>{esc(k)}</th>"), v] for k, v in pairs))
+    return table(None, ([Raw(f"<th>{esc(k)}</th>"), v] for k, v in pairs))
 
 
 def fig(svg_text: str, caption: str = "") -> Raw:
