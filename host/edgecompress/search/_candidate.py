@@ -82,13 +82,20 @@ class DeviceResult:
 
 
 def measure_candidate(
-    session: Session, artifact: Artifact, spec: MeasureRequest, budgets: list[Budget]
+    session: Session,
+    artifact: Artifact,
+    spec: MeasureRequest,
+    budgets: list[Budget],
+    thresholds: dict[str, float] | None = None,
 ) -> DeviceResult:
-    """Send the artifact (only if the device lacks it) and measure it."""
+    """Send the artifact (only if the device lacks it) and measure it.
+
+    With ``thresholds``, a budget whose 95% interval straddles its threshold gets more runs before it is judged.
+    """
     t0 = time.perf_counter()
     sha = session.put_model(artifact.data)
     t1 = time.perf_counter()
-    observation = observe(session, sha, artifact.size_bytes, spec, budgets)
+    observation = observe(session, sha, artifact.size_bytes, spec, budgets, thresholds=thresholds)
     return DeviceResult(observation, t1 - t0, time.perf_counter() - t1)
 
 

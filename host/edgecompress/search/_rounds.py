@@ -156,9 +156,10 @@ class Tuner:
     def _spec(self):
         return measure_request(self.profile, runs=self.config.runs, min_seconds=self.config.min_seconds)
 
-    def _measure(self, candidate: Candidate) -> dict[str, Any]:
+    def _measure(self, candidate: Candidate, limits: dict[str, float] | None = None) -> dict[str, Any]:
+        """Measure on the device; with ``limits``, borderline budgets get more runs before they are judged."""
         assert self.session is not None
-        result = measure_candidate(self.session, candidate.artifact, self._spec(), self.budgets)
+        result = measure_candidate(self.session, candidate.artifact, self._spec(), self.budgets, limits)
         self.consecutive_device_failures = 0
         return {
             "observation": result.observation.to_json(with_raw=True),
@@ -428,7 +429,7 @@ class Tuner:
                 # No device time for a candidate the host already knows is over budget.
                 trial.set_user_attr("device", "skipped: over a host-checked budget")
             else:
-                device = self._measure(candidate)
+                device = self._measure(candidate, limits)
                 values.update(device["values"])
                 trial.set_user_attr("observation", device["observation"])
                 trial.set_user_attr(
@@ -552,7 +553,7 @@ class Tuner:
         _, candidate = build_candidate(
             base_model, plan, self.workload, space, self.opset, self.config.val_limit, model=tuned
         )
-        device = self._measure(candidate)
+        device = self._measure(candidate, limits)
         path = self._checkpoint_path(t)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(tuned, path)
@@ -599,7 +600,7 @@ class Tuner:
             _, candidate = build_candidate(
                 model, plan, self.workload, space, self.opset, self.config.val_limit, model=model
             )
-            device = self._measure(candidate)
+            device = self._measure(candidate, self.state["base"]["targets"])
             if self._meets(device["values"]):
                 (self.run_dir / "model.onnx").write_bytes(candidate.artifact.data)
                 write_json(self.run_dir / "plan.json", plan.to_json())
@@ -654,6 +655,8 @@ class Tuner:
                         "feasible": attrs.get("feasible"),
                         "candidate": attrs.get("candidate"),
                         "latency": (attrs.get("observation") or {}).get("latency"),
+                        "observation": {k: v for k, v in (attrs.get("observation") or {}).items() if k != "measurement"}
+                        or None,
                         "timings": attrs.get("timings"),
                         "fail_reason": attrs.get("fail_reason"),
                         "duration_s": tr.duration.total_seconds() if tr.duration else None,
