@@ -1,12 +1,17 @@
 """Zero-install agent bootstrap over SSH: probe the device's Python, upload the agent once per version, start it.
 
 The agent package is copied over SFTP into ``<cache>/agent/<hash>/`` (``<cache>`` defaults to
-``~/.cache/edgecompress`` on the device) only when that version is missing, and run from there with PYTHONPATH
-pointing at it. Nothing is installed system-wide and nothing needs root.
+``~/.cache/edgecompress`` on the device) only when that version is missing, and run from there. Nothing is
+installed system-wide and nothing needs root.
+
+One exec channel does both jobs when the agent is already there: a small stub prints what it found about the
+device's Python (one marked line), then, if everything is in place, becomes the agent in the same process. Only a
+missing agent costs a second exec, after the upload.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -14,23 +19,29 @@ import shlex
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 import paramiko
 
-from edgecompress.device._transport import agent_source_root
+from edgecompress.device._transport import StderrTail, agent_source_root
 from edgecompress.errors import ConnectionLost, DeviceError
 
 MIN_PYTHON = (3, 6)
+PROBE_MARK = b"EDGECOMPRESS-PROBE "
+# The stub's argv[1]: lets the start script recognise a stale agent in /proc/<pid>/cmdline.
+_MARKER = "edgecompress_agent"
 
 # Runs under whatever Python the profile names, so it must parse on Python 2 too: that is how we can say
 # "Python 2.7 is too old" instead of printing a SyntaxError. find_spec checks importability without paying for the
-# import (onnxruntime takes a second to import on a Pi).
-PROBE_SCRIPT = """\
+# import (onnxruntime takes a second to import on a Pi). argv: marker, cache, agent hash, mode, required modules
+# (each "a|b" for alternatives).
+STUB = """\
 import json, os, sys, time
-cache = os.path.abspath(os.path.expanduser(sys.argv[1] or os.path.join("~", ".cache", "edgecompress")))
-agent = os.path.join(cache, "agent", sys.argv[2])
+cache = os.path.abspath(os.path.expanduser(sys.argv[2] or os.path.join("~", ".cache", "edgecompress")))
+agent = os.path.join(cache, "agent", sys.argv[3])
+mode, required = sys.argv[4], sys.argv[5:]
 try:
     from importlib.util import find_spec
 except ImportError:
@@ -41,20 +52,29 @@ for name in ("numpy", "onnxruntime", "tflite_runtime", "ai_edge_litert"):
         modules[name] = bool(find_spec and find_spec(name))
     except Exception:
         modules[name] = False
+present = os.path.isfile(os.path.join(agent, "edgecompress_agent", "__main__.py"))
+serving = (mode == "serve" and present and sys.version_info >= (3, 6)
+           and all(any(modules.get(m) for m in need.split("|")) for need in required))
 run = os.path.join(cache, "run")
 for name in (os.listdir(run) if os.path.isdir(run) else []):
-    path = os.path.join(run, name)
     try:
-        if os.path.getmtime(path) < time.time() - 86400:
-            os.remove(path)  # pid files of agents from sessions that ended more than a day ago
+        if os.path.getmtime(os.path.join(run, name)) < time.time() - 86400:
+            os.remove(os.path.join(run, name))
     except OSError:
         pass
-sys.stdout.write(json.dumps({
+sys.stdout.write("EDGECOMPRESS-PROBE " + json.dumps({
     "version": list(sys.version_info[:3]), "executable": sys.executable, "modules": modules,
-    "cache_dir": cache, "agent_dir": agent,
-    "agent_present": os.path.isfile(os.path.join(agent, "edgecompress_agent", "__main__.py")),
-}))
+    "cache_dir": cache, "agent_dir": agent, "agent_present": present, "serving": serving}) + "\\n")
+sys.stdout.flush()
+if serving:
+    sys.path.insert(0, agent)
+    os.environ["PYTHONPATH"] = agent
+    sys.argv = ["edgecompress_agent", "--cache-dir", cache, "serve"]
+    import runpy
+    runpy.run_module("edgecompress_agent", run_name="__main__", alter_sys=True)
 """
+# As base64 in one line: no newline or quote reaches the login shell, whatever it is (bash, fish, csh).
+_STUB_ARG = f"import base64; exec(base64.b64decode('{base64.b64encode(STUB.encode()).decode()}'))"
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,7 @@ class Probe:
     cache_dir: str
     agent_dir: str
     agent_present: bool
+    serving: bool = False
 
     @property
     def version_text(self) -> str:
@@ -112,35 +133,108 @@ class BootstrapResult:
     problems: list[str] = field(default_factory=list)
 
 
-def run(client: paramiko.SSHClient, command: str, timeout_s: float) -> tuple[int, str, str]:
-    """Run a short command on an exec channel: (exit code, stdout, stderr)."""
+def _cache_word(cache_dir: str | None) -> str:
+    """The cache folder as a shell word, with ~ left for the device's shell to expand."""
+    if not cache_dir:
+        return '"$HOME"/.cache/edgecompress'
+    if cache_dir == "~" or cache_dir.startswith("~/"):
+        return '"$HOME"' + (("/" + shlex.quote(cache_dir[2:])) if cache_dir[2:] else "")
+    return shlex.quote(cache_dir)
+
+
+def required_modules(runtime: str) -> list[str]:
+    """What the agent needs importable for a runtime ("a|b": either)."""
+    return ["numpy", "onnxruntime" if runtime == "onnxruntime" else "tflite_runtime|ai_edge_litert"]
+
+
+def agent_command(python: str, cache_dir: str | None, digest: str, mode: str = "serve",
+                  required: Sequence[str] = (), token: str | None = None) -> str:
+    """The exec-channel command: the stub in ``mode`` "probe" (report and exit) or "serve" (report, then serve).
+
+    With a ``token`` (one per host-side transport) the stub's pid, which stays the agent's, is kept in
+    ``<cache>/run/<token>.pid`` and the previous agent of the same token is stopped first: after a cut link the old
+    agent would otherwise finish its measurement alongside the retried one and skew both.
+    """
+    cache = _cache_word(cache_dir)
+    stub = " ".join([shlex.quote(python), "-c", shlex.quote(_STUB_ARG), _MARKER, cache, shlex.quote(digest), mode,
+                     *(shlex.quote(r) for r in required)])
+    script = f"exec {stub}"
+    if token:
+        pidfile = f"{cache}/run/{token}.pid"
+        # /proc/<pid>/cmdline is checked so that a recycled pid is never killed.
+        script = (f"mkdir -p {cache}/run && if [ -f {pidfile} ]; then old=$(cat {pidfile}); "
+                  f"if grep -q {_MARKER} /proc/$old/cmdline 2>/dev/null; then kill $old; fi; fi; "
+                  f"echo $$ > {pidfile} && {script}")
+    # sh -c: the login shell may be fish or csh, which read other syntax.
+    return f"exec sh -c {shlex.quote(script)}"
+
+
+def _failed(code: int | None, stderr: str, python: str, device: str) -> DeviceError:
+    last = (stderr.strip().splitlines() or [""])[-1]
+    if code == 127 or "not found" in last or "No such file" in last:
+        return DeviceError(f"{python} was not found on {device}: install Python {'.'.join(map(str, MIN_PYTHON))}+ "
+                           f"there, or set python = \"/path/to/python3\" in the profile ({last or 'exit code 127'})")
+    return DeviceError(f"{python} on {device} failed to start the agent (exit code {code}): {last}")
+
+
+def _parse(line: bytes, python: str, device: str) -> Probe:
     try:
-        _, stdout, stderr = client.exec_command(command, timeout=timeout_s)
-        out = stdout.read().decode("utf-8", "replace")
-        err = stderr.read().decode("utf-8", "replace")
-        return stdout.channel.recv_exit_status(), out, err
-    except (OSError, paramiko.SSHException, EOFError) as exc:
-        raise ConnectionLost(f"lost the SSH connection while running {command.split()[0]}: {exc}") from exc
+        data = json.loads(line[len(PROBE_MARK):].decode("utf-8"))
+        return Probe(version=tuple(int(v) for v in data["version"]), executable=str(data["executable"] or python),
+                     modules={k: bool(v) for k, v in data["modules"].items()}, cache_dir=str(data["cache_dir"]),
+                     agent_dir=str(data["agent_dir"]), agent_present=bool(data["agent_present"]),
+                     serving=bool(data["serving"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DeviceError(f"{python} on {device} answered the probe with something unexpected: {line[:200]!r}") from exc
+
+
+@dataclass
+class Started:
+    """An exec channel running the stub, after its probe line: the agent itself when ``probe.serving``."""
+
+    channel: paramiko.Channel
+    reader: IO[bytes]
+    stderr: StderrTail
+    probe: Probe
+    probe_s: float
+
+
+def start_stub(client: paramiko.SSHClient, command: str, python: str, device: str, timeout_s: float) -> Started:
+    """Run the stub and read its probe line (skipping anything a login script printed before it)."""
+    t0 = time.perf_counter()
+    try:
+        transport = client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectionLost(f"the SSH connection to {device} is closed")
+        channel = transport.open_session(timeout=timeout_s)
+        channel.settimeout(timeout_s)
+        channel.exec_command(command)
+        reader = channel.makefile("rb")
+        stderr = StderrTail(channel.makefile_stderr("rb"))
+        line = b""
+        for _ in range(1000):
+            line = reader.readline()
+            if not line or line.startswith(PROBE_MARK):
+                break
+        if not line.startswith(PROBE_MARK):
+            channel.status_event.wait(5)
+            code = channel.exit_status if channel.exit_status_ready() else None
+            channel.close()
+            raise _failed(code, stderr.text(), python, device)
+        channel.settimeout(None)  # from here on the Session's watchdog times requests
+    except TimeoutError as exc:
+        raise ConnectionLost(f"{device} did not answer the agent's probe within {timeout_s:.0f} s") from exc
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        raise ConnectionLost(f"lost the SSH connection to {device} while starting the agent: {exc}") from exc
+    return Started(channel, reader, stderr, _parse(line.rstrip(b"\n"), python, device), time.perf_counter() - t0)
 
 
 def probe(client: paramiko.SSHClient, python: str, cache_dir: str | None, digest: str, device: str,
           timeout_s: float = 60.0) -> Probe:
     """Ask the device's Python for its version, importable modules and where the agent cache is."""
-    command = " ".join(shlex.quote(part) for part in (python, "-c", PROBE_SCRIPT, cache_dir or "", digest))
-    code, out, err = run(client, command, timeout_s)
-    last = (err.strip().splitlines() or [""])[-1]
-    if code == 127 or "not found" in last or "No such file" in last:
-        raise DeviceError(f"{python} was not found on {device}: install Python {'.'.join(map(str, MIN_PYTHON))}+ "
-                          f"there, or set python = \"/path/to/python3\" in the profile ({last or 'exit code 127'})")
-    if code != 0:
-        raise DeviceError(f"{python} on {device} failed to run the probe (exit code {code}): {last}")
-    try:
-        data = json.loads(out)
-        return Probe(version=tuple(int(v) for v in data["version"]), executable=str(data["executable"] or python),
-                     modules={k: bool(v) for k, v in data["modules"].items()}, cache_dir=str(data["cache_dir"]),
-                     agent_dir=str(data["agent_dir"]), agent_present=bool(data["agent_present"]))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DeviceError(f"{python} on {device} answered the probe with something unexpected: {out[:200]!r}") from exc
+    started = start_stub(client, agent_command(python, cache_dir, digest, "probe"), python, device, timeout_s)
+    started.channel.close()
+    return started.probe
 
 
 def problems(found: Probe, runtime: str, device: str) -> list[str]:
@@ -225,51 +319,63 @@ def upload(client: paramiko.SSHClient, package: AgentPackage, agent_dir: str, de
         sftp.close()
 
 
-def serve_command(python: str, found: Probe, token: str | None = None) -> str:
-    """The exec-channel command line that runs the uploaded agent.
+def _raise_problems(issues: list[str]) -> None:
+    if issues:
+        raise DeviceError(issues[0] + (f" (and {len(issues) - 1} more problem(s))" if len(issues) > 1 else ""))
 
-    With a ``token`` (one per host-side transport) the agent's pid is kept in ``<cache>/run/<token>.pid`` and the
-    previous agent of the same token is stopped first: after a cut link the old agent would otherwise finish its
-    measurement alongside the retried one and skew both.
-    """
-    agent = " ".join(shlex.quote(part) for part in (
-        "exec", "env", f"PYTHONPATH={found.agent_dir}", python, "-m", "edgecompress_agent",
-        "--cache-dir", found.cache_dir, "serve"))
-    if not token:
-        return agent
-    run = shlex.quote(f"{found.cache_dir}/run")
-    pidfile = shlex.quote(f"{found.cache_dir}/run/{token}.pid")
-    # /proc/<pid>/cmdline is checked so that a recycled pid is never killed; $$ becomes the agent's pid at exec.
-    # sh -c: the login shell may be fish or zsh, which do not all read this syntax.
-    script = (f"mkdir -p {run} && if [ -f {pidfile} ]; then old=$(cat {pidfile}); "
-              f"if grep -q edgecompress_agent /proc/$old/cmdline 2>/dev/null; then kill $old; fi; fi; "
-              f"echo $$ > {pidfile} && {agent}")
-    return f"exec sh -c {shlex.quote(script)}"
+
+def _install(client: paramiko.SSHClient, package: AgentPackage, found: Probe, device: str,
+             on_event: Callable[[str], None] | None) -> float:
+    if on_event:
+        on_event(f"installing the agent ({len(package.files)} files, {package.size_bytes / 1024:.0f} KiB) "
+                 f"into {found.agent_dir} on {device}")
+    t0 = time.perf_counter()
+    upload(client, package, found.agent_dir, device)
+    return time.perf_counter() - t0
 
 
 def bootstrap(client: paramiko.SSHClient, python: str, cache_dir: str | None, runtime: str, device: str,
-              require_runtime: bool = True, package: AgentPackage | None = None, token: str | None = None,
-              on_event: Callable[[str], None] | None = None) -> BootstrapResult:
-    """Probe the device, upload the agent if this version is missing, and return the command that serves."""
+              require_runtime: bool = True, package: AgentPackage | None = None,
+              on_event: Callable[[str], None] | None = None, timeout_s: float = 60.0) -> BootstrapResult:
+    """Probe the device and upload the agent if this version is missing, without starting it (for checks)."""
     package = package or agent_package()
     t0 = time.perf_counter()
-    found = probe(client, python, cache_dir, package.digest, device)
-    probe_s = time.perf_counter() - t0
-    issues = problems(found, runtime, device)
-    if issues and (require_runtime or found.version < MIN_PYTHON):
-        raise DeviceError(issues[0] + (f" (and {len(issues) - 1} more problem(s))" if len(issues) > 1 else ""))
-    result = BootstrapResult(probe=found, command=serve_command(python, found, token), uploaded=False, probe_s=probe_s,
-                             problems=issues)
+    found = probe(client, python, cache_dir, package.digest, device, timeout_s)
+    result = BootstrapResult(probe=found, command="", uploaded=False, probe_s=time.perf_counter() - t0,
+                             problems=problems(found, runtime, device))
+    if require_runtime or found.version < MIN_PYTHON:
+        _raise_problems(result.problems)
     if not found.agent_present:
-        if on_event:
-            on_event(f"installing the agent ({len(package.files)} files, {package.size_bytes / 1024:.0f} KiB) "
-                     f"into {found.agent_dir} on {device}")
-        t0 = time.perf_counter()
-        upload(client, package, found.agent_dir, device)
-        result.upload_s = time.perf_counter() - t0
+        result.upload_s = _install(client, package, found, device, on_event)
         result.uploaded = True
     return result
 
 
-__all__ = ["AgentPackage", "BootstrapResult", "Probe", "agent_package", "bootstrap", "problems", "probe",
-           "serve_command", "upload"]
+def start_agent(client: paramiko.SSHClient, python: str, cache_dir: str | None, runtime: str, device: str,
+                require_runtime: bool = True, package: AgentPackage | None = None, token: str | None = None,
+                on_event: Callable[[str], None] | None = None,
+                timeout_s: float = 60.0) -> tuple[Started, BootstrapResult]:
+    """Start the agent on a new exec channel, installing it first if this version is missing."""
+    package = package or agent_package()
+    required = required_modules(runtime) if require_runtime else []
+    command = agent_command(python, cache_dir, package.digest, "serve", required, token)
+    started = start_stub(client, command, python, device, timeout_s)
+    result = BootstrapResult(probe=started.probe, command=command, uploaded=False, probe_s=started.probe_s,
+                             problems=problems(started.probe, runtime, device))
+    if started.probe.serving:
+        return started, result
+    started.channel.close()
+    if require_runtime or started.probe.version < MIN_PYTHON:
+        _raise_problems(result.problems)
+    if not started.probe.agent_present:
+        result.upload_s = _install(client, package, started.probe, device, on_event)
+        result.uploaded = True
+    started = start_stub(client, command, python, device, timeout_s)
+    if not started.probe.serving:
+        started.channel.close()
+        raise DeviceError(f"the agent did not start on {device} although it is installed in {started.probe.agent_dir}")
+    return started, result
+
+
+__all__ = ["AgentPackage", "BootstrapResult", "Probe", "Started", "agent_command", "agent_package", "bootstrap",
+           "problems", "probe", "start_agent", "upload"]

@@ -87,7 +87,7 @@ def _ssh_steps(profile: DeviceProfile, transport: Any, items: list[CheckItem]) -
            if boot.uploaded else "already installed")
     items.append(CheckItem("agent", "ok", f"{how} in {probe.agent_dir}"))
     try:
-        channel = transport.start(connection, boot)
+        channel = transport.start(connection)  # installed by prepare(): starts on the first exec
     except DeviceError as exc:
         items.append(CheckItem("agent", "fail", str(exc)))
         return None

@@ -22,8 +22,8 @@ from typing import Any
 import paramiko
 
 from edgecompress.config import DeviceProfile, SshSettings
-from edgecompress.device._bootstrap import AgentPackage, BootstrapResult, agent_package, bootstrap
-from edgecompress.device._transport import Channel, StderrTail
+from edgecompress.device._bootstrap import AgentPackage, BootstrapResult, Started, agent_package, bootstrap, start_agent
+from edgecompress.device._transport import Channel
 from edgecompress.errors import ConfigError, ConnectionLost, DeviceError
 
 DEFAULT_CONFIG = "~/.ssh/config"
@@ -357,13 +357,13 @@ def _unreachable(where: str, exc: BaseException) -> ConnectionLost:
 class SshChannel:
     """The agent's stdin/stdout over an exec channel, and its stderr kept for error messages."""
 
-    def __init__(self, connection: Connection, channel: paramiko.Channel, name: str):
+    def __init__(self, connection: Connection, started: Started, name: str):
         self.connection = connection
-        self.channel = channel
+        self.channel = started.channel
         self.name = name
-        self.reader = channel.makefile("rb")
-        self.writer = channel.makefile_stdin("wb")
-        self._stderr = StderrTail(channel.makefile_stderr("rb"))
+        self.reader = started.reader  # already past the stub's probe line
+        self.writer = started.channel.makefile_stdin("wb")
+        self._stderr = started.stderr
 
     def abort(self) -> None:
         self.connection.close()
@@ -408,6 +408,8 @@ class SshTransport:
         self.on_event = on_event
         self.require_runtime = require_runtime
         self.package: AgentPackage = agent_package()
+        self.device = f"{profile.name} ({self.target.display})"
+        self.probe_timeout_s = 60.0  # a Pi on an SD card can take seconds to start Python cold
         self.token = uuid.uuid4().hex[:12]  # names this host-side transport's agent on the device (see serve_command)
         self.connections = 0
         self.last_bootstrap: BootstrapResult | None = None
@@ -421,28 +423,25 @@ class SshTransport:
         return connection
 
     def prepare(self, connection: Connection) -> BootstrapResult:
-        """Probe the device and install the agent if this version is missing."""
-        result = bootstrap(connection.client, self.python, self.cache_dir, self.profile.runtime.name,
-                           f"{self.name} ({self.target.display})", require_runtime=self.require_runtime,
-                           package=self.package, on_event=self.on_event, token=self.token)
+        """Probe the device and install the agent if this version is missing, without starting it."""
+        result = bootstrap(connection.client, self.python, self.cache_dir, self.profile.runtime.name, self.device,
+                           require_runtime=self.require_runtime, package=self.package, on_event=self.on_event,
+                           timeout_s=self.probe_timeout_s)
         self.last_bootstrap = result
         return result
 
     def open(self) -> Channel:
         return self.start(self.connect())
 
-    def start(self, connection: Connection, result: BootstrapResult | None = None) -> SshChannel:
-        """Bootstrap (unless ``result`` says it was done) and start the agent on an exec channel of ``connection``."""
+    def start(self, connection: Connection) -> SshChannel:
+        """Start the agent on an exec channel of ``connection``, installing it first if it is missing."""
         try:
-            result = result or self.prepare(connection)
-            transport = connection.client.get_transport()
-            assert transport is not None
-            channel = transport.open_session(timeout=self.target.connect_timeout_s)
-            channel.exec_command(result.command)
-        except DeviceError:
+            started, result = start_agent(
+                connection.client, self.python, self.cache_dir, self.profile.runtime.name, self.device,
+                require_runtime=self.require_runtime, package=self.package, token=self.token,
+                on_event=self.on_event, timeout_s=self.probe_timeout_s)
+        except BaseException:
             connection.close()
             raise
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            connection.close()
-            raise ConnectionLost(f"cannot start the agent on {self.target.display}: {exc}") from exc
-        return SshChannel(connection, channel, self.name)
+        self.last_bootstrap = result
+        return SshChannel(connection, started, self.name)
