@@ -33,7 +33,7 @@ def markdown_summary(result: CheckResult) -> str:
         lines.append(f"Baseline: {_cell(str(base.get('source')))} (`{str(base.get('sha256'))[:12]}`, "
                      f"{base.get('started_utc')}).")
         lines.append("")
-    lines += ["| | regression | baseline | now | ratio | CI | Mann-Whitney p | tolerance |",
+    lines += ["| | regression | baseline | now | ratio | CI | p | tolerance |",
               "|---|---|---|---|---|---|---|---|"]
     for r in result.regressions:
         if r.result is None:
@@ -42,7 +42,12 @@ def markdown_summary(result: CheckResult) -> str:
         x = r.result
         unit = "bytes" if r.metric == "size" else "ms"
         ci = "exact" if x.method == "exact" else f"{x.ci_low:.3f}–{x.ci_high:.3f} ({x.confidence:.0%})"
-        p_value = "" if x.p_value is None else f"{x.p_value:.2g}"
+        if x.method == "paired":
+            ci += f", {x.baseline_runs} alternating rounds"
+        elif x.baseline_runs:
+            ci += f", {x.baseline_runs} baseline runs"
+        test = "paired t" if x.method == "paired" else "Mann-Whitney"
+        p_value = "" if x.p_value is None else f"{x.p_value:.2g} ({test})"
         lines.append(f"| {_ICON[r.status]} | {r.metric} | {format_value(x.baseline_value, unit)} | "
                      f"{format_value(x.current_value, unit)} | **{x.ratio:.3f}** | {ci} | {p_value} | "
                      f"{x.tolerance:.0%} |")
