@@ -233,6 +233,7 @@ def run_check(artifact: Artifact, *, model: str, model_path: str, profile: Devic
     targets = budget_targets(budgets, baseline)
     for metric in regression.metrics:
         check_regression_metric(metric)
+
     def measure_and_evaluate() -> CheckResult:
         run = measure_model(profile, artifact, spec, budgets, targets, on_event=on_event, **session_options)
         return evaluate(run, model=model, model_path=model_path, device=profile.name, spec=spec, budgets=budgets,
