@@ -123,6 +123,7 @@ def test_budgets_as_a_list_or_a_table_read_the_same():
         ("[budgets]\nsize = true", "give a limit"),
         ('budgets = ["latency.p99 20ms"]', "not of the form"),
         ("[check]\nrunz = 3", "check.runz"),
+        ('[check]\nbudgets = ["size<=1MB"]', "budgets go at the top level"),
         ('[check.regression]\nmetrics = ["energy"]', "regression metric 'energy'"),
         ('[check.regression]\ntolerance = "five"', "not a fraction"),
         ("[check\n", "not valid TOML"),

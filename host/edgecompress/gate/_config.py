@@ -217,8 +217,10 @@ def parse_check_config(text: str, origin: str) -> CheckConfig:
     section = data.get("check", {})
     if not isinstance(section, Mapping):
         raise ConfigError(f"{origin}: check must be a table ([check])")
-    if "budget_texts" in section:
-        raise ConfigError(f"{origin}: budgets go in the top-level budgets (a list or a [budgets] table)")
+    if "budgets" in section or "budget_texts" in section:
+        # One place for budgets, shared with tune: the top level of the file.
+        raise ConfigError(f"{origin}: budgets go at the top level (budgets = [...] before any table, or a [budgets] "
+                          "table), not under [check]")
     texts = tuple(budget.text for budget in read_budgets(data, origin))
     try:
         return CheckConfig.model_validate({**section, "budget_texts": texts})
