@@ -224,6 +224,42 @@ def test_missing_python_and_missing_runtime_say_what_to_do(sshd: SshServer, tmp_
     assert "pip install --user ai-edge-litert" in str(caught.value)
 
 
+def _pyenv_python(version: str) -> str:
+    # Old interpreters as a device would have them; this machine has them under pyenv, CI may not.
+    path = Path(f"~/.pyenv/versions/{version}/bin/python").expanduser()
+    if not path.exists():
+        pytest.skip(f"no Python {version} at {path} to play an old device's interpreter")
+    return str(path)
+
+
+def test_python_2_device_is_named_too_old(sshd: SshServer, tmp_path: Path) -> None:
+    python = _pyenv_python("2.7.18")
+    path = write_profile(sshd, tmp_path)
+    path.write_text(path.read_text().replace(f'python = "{sys.executable}"', f'python = "{python}"'))
+    (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+    with pytest.raises(DeviceError, match=r"is Python 2\.7\.18; the agent needs 3\.6 or newer: set python ="):
+        open_session(resolve_device(str(path)))
+
+
+def test_python_36_device_runs_the_agent_and_check_names_what_is_missing(sshd: SshServer, tmp_path: Path) -> None:
+    # Python 3.6 without numpy or onnxruntime: the stub and the agent run there; the check says what to install.
+    from edgecompress.device._check import check_device
+
+    python = _pyenv_python("3.6.15")
+    path = write_profile(sshd, tmp_path)
+    path.write_text(path.read_text().replace(f'python = "{sys.executable}"', f'python = "{python}"'))
+    (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+    profile = resolve_device(str(path))
+    with pytest.raises(DeviceError, match=r"numpy is not importable by .*3\.6\.15.* pip install --user numpy"):
+        open_session(profile)
+    items = {item.name: item for item in check_device(profile)}
+    assert items["python"].detail.startswith("Python 3.6.15")
+    assert items["agent"].status == "ok"  # the agent answered hello from Python 3.6
+    assert items["runtime onnxruntime"].status == "fail" and "pip install --user onnxruntime" in items[
+        "runtime onnxruntime"].hint
+    assert items["numpy"].status == "fail"
+
+
 def test_agent_killed_mid_measurement_is_restarted_and_retried(ssh_device: Path, tmp_path: Path) -> None:
     profile = resolve_device(str(ssh_device))
     events: list[str] = []
