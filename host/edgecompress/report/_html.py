@@ -146,9 +146,12 @@ def _summary(results: Mapping[str, Any], keys: Sequence[tuple[str, str, float]])
         change = None if before in (None, 0) or after is None else after / before
         rows.append([key, num(before, unit=unit), num(after, unit=unit), format_value(target, unit),
                      num(change, 3, "x")])
-    for label, field in (("size", "size_bytes"), ("MACs", "macs"), ("parameters", "params")):
+    budgeted = {key for key, _, _ in keys}
+    for label, field, unit in (("size", "size_bytes", "bytes"), ("MACs", "macs", ""), ("parameters", "params", "")):
+        if label in budgeted:
+            continue  # already a budget row
         before, after = candidate.get(field), final.get(field) if met else None
-        rows.append([label, num(before), num(after), "",
+        rows.append([label, num(before, unit=unit), num(after, unit=unit), "",
                      num(None if not before or after is None else after / before, 3, "x")])
     rows.append(["sha256", (candidate.get("sha256") or "")[:16], (final.get("sha256") or "")[:16], "", ""])
     return table(("", "original", "final", "budget", "final / original (accuracy: drop)"), rows)
@@ -306,10 +309,9 @@ def _rounds_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
                      *[num((r.get("thresholds") or {}).get(k), unit=u) for k, u, _ in keys],
                      num(r.get("before_finetune_accuracy")), num(nb.get("accuracy")),
                      *[num((nb.get("values") or {}).get(k), unit=u) for k, u, _ in keys],
-                     num(nb.get("size_bytes")), _plan_text(nb.get("plan"))])
+                     num(nb.get("macs")), _plan_text(nb.get("plan"))])
     headers = ("round", "chosen trial", "met threshold", *[f"threshold {k}" for k, _, _ in keys],
-               "accuracy before fine-tune", "after fine-tune", *[f"{k} after" for k, _, _ in keys], "size bytes",
-               "plan")
+               "accuracy before fine-tune", "after fine-tune", *[f"{k} after" for k, _, _ in keys], "MACs", "plan")
     return table(headers, rows, sortable=True, id_="rounds-table")
 
 
@@ -329,11 +331,11 @@ def _trials_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
                      *[num((tr.get("constraints") or {}).get(k) if isinstance(tr.get("constraints"), dict)
                            else None) for k, _, _ in keys],
                      num(latency.get("p50_ms")), num(latency.get("p99_ms")), num(latency.get("max_ms")),
-                     num(candidate.get("size_bytes")), num(candidate.get("macs")), plan.get("quant", ""),
+                     num(candidate.get("size_bytes"), unit="bytes"), num(candidate.get("macs")), plan.get("quant", ""),
                      num(sum(ratios) / len(ratios) if ratios else (0.0 if plan else None), 3),
                      num(tr.get("duration_s"), 3), tr.get("fail_reason") or "", _plan_text(plan)])
     headers = ("round", "trial", "state", "met", "accuracy", *keys_headers(keys), "p50 ms", "p99 ms", "max ms",
-               "size bytes", "MACs", "quant", "mean ratio", "seconds", "failure", "plan")
+               "model size", "MACs", "quant", "mean ratio", "seconds", "failure", "plan")
     return Raw(para("Click a column header to sort.", "muted") + table(headers, rows, sortable=True,
                                                                        id_="trials-table"))
 

@@ -67,9 +67,11 @@ def num(value: float | None, digits: int = 4, unit: str = "") -> Raw:
     """A numeric cell: text for people, the exact value in data-v for sorting."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return Raw('<td class="n" data-v="">–</td>')
-    text = f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-    suffix = f" {unit}" if unit else ""
-    return Raw(f'<td class="n" data-v="{value!r}">{html.escape(text + suffix)}</td>')
+    if unit == "bytes":
+        text = f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
+    else:
+        text = (f"{value:.{digits}g}" if isinstance(value, float) else str(value)) + (f" {unit}" if unit else "")
+    return Raw(f'<td class="n" data-v="{value!r}">{html.escape(text)}</td>')
 
 
 def cell(value: Any, sort: Any = None) -> Raw:

@@ -114,10 +114,10 @@ def cooling_schedule(schedule: Mapping[str, Sequence[float]], units: Mapping[str
         for ax, key in zip(axes, keys, strict=True):
             limits = list(schedule[key])
             rounds = np.arange(1, len(limits) + 1)
-            ax.step(rounds, limits, where="mid", color="#1f77b4", marker="o", label="threshold c_t")
+            ax.plot(rounds, limits, color="#1f77b4", marker="o", label="threshold c_t of the round")
             if originals.get(key) is not None:
-                ax.axhline(originals[key], color=ORIGINAL, linestyle=":", label=f"original {originals[key]:.4g}")
-            ax.axhline(targets[key], color="black", linewidth=1.2, label=f"budget {targets[key]:.4g}")
+                ax.axhline(originals[key], color=ORIGINAL, linestyle=":", label="original model")
+            ax.axhline(targets[key], color="black", linewidth=1.2, label="budget")
             values = list(measured.get(key, ()))
             shown = [(r, v) for r, v in zip(rounds, values, strict=False) if v is not None]
             if shown:
@@ -127,7 +127,10 @@ def cooling_schedule(schedule: Mapping[str, Sequence[float]], units: Mapping[str
             ax.set_xlabel("round")
             ax.set_ylabel(f"{key} ({units.get(key, '')})")
             ax.grid(alpha=0.25)
-            _legend(ax)
+        # One legend under the panels: the same four kinds of line in each.
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=7, frameon=False)
+        fig.tight_layout()
         return svg(fig)
 
 

@@ -1,0 +1,202 @@
+"""The HTML reports in a real browser: a small real tune run (made once for the module), rendered by headless
+Chromium over the DevTools protocol; report and dashboard commands; bench and check pages.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from browser import Browser, chromium_path
+from edgecompress.report import load_results, tune_report_html, write_tune_report_or_warn
+
+needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (.ci/run installs it)")
+BUDGETS = ("latency.p50<=1.5x", "size<=0.8x")
+# The figures each page must show, by section: a blank or failed plot fails the test.
+TUNE_FIGURES = {"search": len(BUDGETS), "schedule": 1, "progress": 1, "latency": 2}
+FIGURES_JS = """
+Array.from(document.querySelectorAll('.fig svg')).map(function (svg) {
+  var box = svg.getBoundingClientRect();
+  return {section: svg.closest('section').id, width: box.width, height: box.height,
+          drawn: svg.querySelectorAll('path, use').length,
+          markers: svg.querySelectorAll('[id^="PathCollection"] use').length};
+})
+"""
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgecompress", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return dict(os.environ, XDG_CACHE_HOME=str(cache), COLUMNS="160")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, env) -> Path:
+    """One real tune run on the local device: digits, one round of three trials, short measurements."""
+    out = tmp_path_factory.mktemp("tune") / "run"
+    budgets = [arg for b in BUDGETS for arg in ("--budget", b)]
+    done = run_cli("tune", "--example", "digits", *budgets, "--rounds", "1", "--trials-per-round", "3",
+                   "--runs", "40", "--min-seconds", "0.05", "--finetune-steps", "5", "--val-limit", "200",
+                   "--seed", "3", "--out", str(out), env=env)
+    assert done.returncode in (0, 1), done.stderr  # met or not met: both are finished runs with a report
+    return out
+
+
+def test_every_tune_run_writes_a_self_contained_report(run_dir):
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    results = load_results(run_dir)
+    for anchor in ("summary", "search", "schedule", "progress", "latency", "energy", "plan", "rounds", "trials",
+                   "drift", "environment"):
+        assert f'id="{anchor}"' in page
+    # Nothing fetched from anywhere: no external scripts, styles, images or fonts.
+    assert not re.search(r'<(script|link|img|iframe)[^>]+(src|href)=', page)
+    assert "url(http" not in page and "@import" not in page
+    assert page.count("<svg") >= sum(TUNE_FIGURES.values())
+    assert "edgecompress tune --example digits" in page  # the exact command
+    assert results["host"]["torch"] and results["host"]["onnxruntime"]  # host versions recorded with the results
+    groups = results["rounds"][0]["groups"]
+    assert groups and all(g["after"] <= g["before"] for g in groups)
+    for g in groups:  # channels before and after, per group, in the plan table
+        assert f"<td>{g['group']}</td>" in page
+    assert results["base"]["observation"]["measurement"]["latencies_ns"]  # the original's raw sample
+
+
+@needs_chromium
+def test_the_report_renders_in_chromium_with_plots_and_sortable_tables(run_dir, tmp_path):
+    with Browser() as browser:
+        browser.load((run_dir / "report.html").resolve().as_uri())
+        figures = browser.evaluate(FIGURES_JS)
+        for section, count in TUNE_FIGURES.items():
+            drawn = [f for f in figures if f["section"] == section]
+            assert len(drawn) == count, (section, figures)
+            for f in drawn:
+                assert f["width"] > 200 and f["height"] > 150 and f["drawn"] > 20, f
+        # The accuracy-against-budget plots hold a marker per measured trial plus the original.
+        search = [f for f in figures if f["section"] == "search"]
+        assert all(f["markers"] >= 2 for f in search), search
+
+        def column(name: str) -> list[str]:
+            return browser.evaluate(f"""(function () {{
+                var table = document.getElementById('trials-table');
+                var i = Array.from(table.tHead.rows[0].cells).findIndex(function (c) {{
+                    return c.textContent.replace(/[\\u25B2\\u25BC]/g, '').trim() === '{name}'; }});
+                return Array.from(table.tBodies[0].rows).map(function (r) {{
+                    var c = r.cells[i]; return c.getAttribute('data-v'); }});
+            }})()""")
+
+        def click(name: str) -> None:
+            browser.evaluate(f"""Array.from(document.querySelectorAll('#trials-table th')).find(function (c) {{
+                return c.textContent.trim() === '{name}'; }}).click()""")
+
+        before = column("accuracy")
+        assert len(before) == 3
+        click("accuracy")
+        ascending = [float(v) for v in column("accuracy") if v]
+        assert ascending == sorted(ascending)
+        click("accuracy")
+        descending = [float(v) for v in column("accuracy") if v]
+        assert descending == sorted(ascending, reverse=True)
+        assert browser.console_errors() == []
+        shot = browser.screenshot(tmp_path / "report.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_report_command_regenerates_the_page(run_dir, env, tmp_path):
+    out = tmp_path / "again.html"
+    done = run_cli("report", str(run_dir), "--out", str(out), env=env)
+    assert done.returncode == 0, done.stderr
+    again = out.read_text(encoding="utf-8")
+    first = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert again.count("<svg") == first.count("<svg")
+    # Same figures and tables; only the ids matplotlib salts per figure may differ.
+    assert re.sub(r'id="[^"]*"|#[a-z0-9]{8,}\b', "", again).count("<td") == \
+        re.sub(r'id="[^"]*"|#[a-z0-9]{8,}\b', "", first).count("<td")
+    missing = run_cli("report", str(tmp_path / "nowhere"), env=env)
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr
+
+
+def test_a_stopped_run_and_an_older_results_file_still_render(run_dir):
+    results = load_results(run_dir)
+    stopped = copy.deepcopy(results)
+    stopped["final"], stopped["rounds"] = None, []
+    page = tune_report_html(stopped)
+    assert "stopped before the last round finished" in page and "No round finished" in page
+    older = copy.deepcopy(results)
+    del older["host"]
+    older["base"].pop("observation")
+    for r in older["rounds"]:
+        r.pop("groups")
+    page = tune_report_html(older)
+    assert "Host library versions were not recorded" in page
+    assert "Channel counts per group were not recorded" in page
+
+
+def test_a_report_that_cannot_be_written_is_a_warning(tmp_path):
+    (tmp_path / "results.json").write_text("{not json")
+    warnings: list[str] = []
+    assert write_tune_report_or_warn(tmp_path, warn=warnings.append) is None
+    assert len(warnings) == 1 and "edgecompress report" in warnings[0]
+    assert not (tmp_path / "report.html").exists()
+
+
+@needs_chromium
+def test_bench_and_check_write_the_same_style_of_page(run_dir, env, tmp_path):
+    model = run_dir / "original.onnx"
+    bench_page, check_page = tmp_path / "bench.html", tmp_path / "check.html"
+    done = run_cli("bench", str(model), "--runs", "60", "--min-seconds", "0.05", "--html", str(bench_page), env=env)
+    assert done.returncode == 0, done.stderr
+    done = run_cli("check", str(model), "--device", "local", "--runs", "60", "--min-seconds", "0.05",
+                   "--budget", "size<=1MB", "--html", str(check_page), env=env)
+    assert done.returncode == 0, done.stderr
+    with Browser() as browser:
+        for path, title in ((bench_page, "edgecompress bench"), (check_page, "edgecompress check")):
+            browser.load(path.resolve().as_uri())
+            assert browser.evaluate("document.title").startswith(title)
+            figures = browser.evaluate(FIGURES_JS)
+            assert len(figures) == 2 and all(f["width"] > 200 and f["drawn"] > 20 for f in figures), figures
+        assert "size&lt;=1MB" in check_page.read_text() and "✓ pass" in check_page.read_text()
+        assert browser.console_errors() == []
+
+
+def test_dashboard_serves_the_runs_studies(run_dir, env):
+    pytest.importorskip("optuna_dashboard")
+    process = subprocess.Popen([sys.executable, "-m", "edgecompress", "dashboard", str(run_dir), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:  # the address is printed once the server is bound
+            lines.append(line)
+            if line.startswith("http://127.0.0.1:"):
+                break
+        assert f"sqlite:///{(run_dir / 'study.sqlite3').resolve()}" in "".join(lines)
+        url = lines[-1].strip()
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        assert b"Optuna Dashboard" in opener.open(url, timeout=30).read()
+        studies = json.loads(opener.open(url.replace("/dashboard", "/api/studies"), timeout=30).read())
+        assert [s["study_name"] for s in studies["study_summaries"]] == ["tune-digits/round-0"]
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def test_dashboard_without_the_package_says_how_to_install_it(run_dir, env):
+    # The package made unimportable in this one process, as on a machine without the extra.
+    code = ("import sys; sys.modules['optuna_dashboard'] = None; sys.argv = ['edgecompress', 'dashboard', "
+            f"{str(run_dir)!r}]; from edgecompress.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert "optuna-dashboard is not installed; install it with: pip install optuna-dashboard" in done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2  # one clear line (wrapped at most once), no traceback
