@@ -111,7 +111,7 @@ def _read_answers(process: subprocess.Popen) -> tuple[list[dict], bool]:
         timer.cancel()
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_live_agent_survives_random_and_mutated_frames(live_agent, data):
     process = live_agent.ensure()

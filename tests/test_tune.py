@@ -13,7 +13,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 
 from edgecompress.config import TuneConfig
 from edgecompress.search import run_tune
@@ -32,12 +31,19 @@ def env(tmp_path):
 
 
 def _poll(run_dir: Path) -> dict[int, list[tuple[str, str | None]]]:
-    """_finished, or nothing while the run has not created its storage yet (or holds a write lock on it)."""
-    if not (run_dir / "study.sqlite3").is_file():
+    """Trial states per round, read-only straight from SQLite: the poller must never create Optuna's schema
+    while the run it watches is creating it."""
+    path = run_dir / "study.sqlite3"
+    if not path.is_file():
         return {}
     try:
-        return _finished(run_dir)
-    except (sqlite3.Error, sqlalchemy.exc.SQLAlchemyError, KeyError):
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+            rows = db.execute("SELECT s.study_name, t.state FROM trials t JOIN studies s ON t.study_id = s.study_id")
+            result: dict[int, list[tuple[str, str | None]]] = {}
+            for name, state in rows:
+                result.setdefault(int(name.rsplit("-", 1)[1]), []).append((state, None))
+            return result
+    except sqlite3.Error:
         return {}
 
 
@@ -97,7 +103,7 @@ def test_kill_9_in_round_two_then_resume_finishes_every_trial_once(tmp_path, env
     assert resumed.returncode in (0, 1), resumed.stderr
     rounds = _finished(out)
     for round_index in (0, 1):
-        counted = [s for s, reason in rounds[round_index] if s == "COMPLETE" or (s == "FAIL" and reason != "interrupted")]
+        counted = [s for s, why in rounds[round_index] if s == "COMPLETE" or (s == "FAIL" and why != "interrupted")]
         assert len(counted) == 4, rounds[round_index]
     assert all(s != "RUNNING" for trials in rounds.values() for s, _ in trials)
     results = json.loads((out / "results.json").read_text())
