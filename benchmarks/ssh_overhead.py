@@ -23,10 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from edgecompress.config import DeviceProfile, resolve_device  # noqa: E402
-from edgecompress.device import open_session  # noqa: E402
 from sshd import dense_onnx, start_sshd, trusted_device  # noqa: E402
 from tcpproxy import TcpProxy  # noqa: E402
+
+from edgecompress.config import DeviceProfile, resolve_device  # noqa: E402
+from edgecompress.device import open_session  # noqa: E402
 
 SIZES = {"1 MB": 1_000_000, "20 MB": 20_000_000}
 ROUND_TRIPS = 30

@@ -231,3 +231,10 @@ def dense_onnx(path: Path, size_bytes: int = 64 * 1024, features: int = 64, seed
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def bare_python(folder: Path) -> str:
+    """A real interpreter with nothing installed (a venv without pip): a device that lacks numpy and every runtime,
+    whatever this machine has installed."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    return str(folder / "bin" / "python")

@@ -13,12 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from edgecompress.config import resolve_device
-from edgecompress.device import measure_request, open_session
-from edgecompress.device._ssh import HostKeyError
-from edgecompress.errors import ConnectionLost, DeviceError
 from sshd import (
     SshServer,
+    bare_python,
     cpu_ticks,
     dense_onnx,
     free_port,
@@ -28,6 +25,11 @@ from sshd import (
     wait_until,
     write_profile,
 )
+
+from edgecompress.config import resolve_device
+from edgecompress.device import measure_request, open_session
+from edgecompress.device._ssh import HostKeyError
+from edgecompress.errors import ConnectionLost, DeviceError
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def test_first_connection_bootstraps_then_second_is_cached(ssh_device: Path, tmp
         assert Path(boot.probe.agent_dir, "edgecompress_agent", "__main__.py").is_file()
         assert boot.probe.agent_dir.startswith(str(tmp_path / "device" / "device-cache" / "agent"))
         assert session.info["python"]["executable"] == sys.executable
-        assert [r["name"] for r in session.info["runtimes"]] == ["onnxruntime"]
+        assert "onnxruntime" in [r["name"] for r in session.info["runtimes"]]
         sha = session.put_model(dense_onnx(tmp_path / "m.onnx").read_bytes())
         result = session.measure(sha, measure_request(profile, runs=5))
         assert len(result.latencies_ns) >= 5 and min(result.latencies_ns) > 0
@@ -217,11 +219,19 @@ def test_missing_python_and_missing_runtime_say_what_to_do(sshd: SshServer, tmp_
     path.write_text(text.replace(f'python = "{sys.executable}"', 'python = "/nonexistent/python3"'))
     with pytest.raises(DeviceError, match=r"/nonexistent/python3 was not found on loopback.*set python ="):
         open_session(resolve_device(str(path)))
-    path.write_text(text.replace('name = "onnxruntime"', 'name = "tflite"'))
+    bare = bare_python(tmp_path / "bare")
+    path.write_text(text.replace(f'python = "{sys.executable}"', f'python = "{bare}"'))
     with pytest.raises(DeviceError) as caught:
         open_session(resolve_device(str(path)))
-    assert f"no TFLite runtime is importable by {sys.executable} on loopback" in str(caught.value)
-    assert "pip install --user ai-edge-litert" in str(caught.value)
+    message = str(caught.value)
+    assert message.startswith(f"numpy is not importable by {bare} on loopback")
+    assert f"`{bare} -m pip install --user numpy`" in message and message.endswith("(and 1 more problem(s))")
+    path.write_text(text.replace(f'python = "{sys.executable}"', f'python = "{bare}"')
+                    .replace('name = "onnxruntime"', 'name = "tflite"'))
+    from edgecompress.device._check import check_device
+
+    items = {item.name: item for item in check_device(resolve_device(str(path)))}
+    assert "pip install --user ai-edge-litert" in items["runtime tflite"].hint
 
 
 def _pyenv_python(version: str) -> str:

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+from sshd import SshServer, bare_python, serve_for_tests, trusted_device, write_profile
+from typer.testing import CliRunner
+
 from edgecompress.cli import app
 from edgecompress.cli._device_options import PROGRESS_MIN_BYTES, upload_progress
 from edgecompress.config import resolve_device
 from edgecompress.device._check import check_device
-from rich.console import Console
-from sshd import SshServer, serve_for_tests, trusted_device, write_profile
-from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +85,15 @@ def test_devices_check_reports_each_step(sshd: SshServer, tmp_path: Path) -> Non
 def test_devices_check_fails_with_the_fix_for_a_missing_runtime_and_an_unknown_key(sshd: SshServer,
                                                                                     tmp_path: Path) -> None:
     profile = trusted_device(sshd, tmp_path / "a")
-    profile.write_text(profile.read_text().replace('name = "onnxruntime"', 'name = "tflite"'))
+    bare = bare_python(tmp_path / "bare")  # a device Python without numpy or any runtime
+    profile.write_text(profile.read_text().replace(f'python = "{sys.executable}"', f'python = "{bare}"'))
     run = edgecompress("devices", "check", str(profile), "--json")
     assert run.returncode == 3
-    failed = [item for item in json.loads(run.stdout) if item["status"] == "fail"]
-    assert [item["name"] for item in failed] == ["runtime tflite"]
-    assert "pip install --user ai-edge-litert" in failed[0]["hint"]
-    assert "1 check(s) failed: runtime tflite" in run.stderr
+    failed = {item["name"]: item for item in json.loads(run.stdout) if item["status"] == "fail"}
+    assert list(failed) == ["runtime onnxruntime", "numpy"]
+    assert f"`{bare} -m pip install --user onnxruntime`" in failed["runtime onnxruntime"]["hint"]
+    assert f"`{bare} -m pip install --user numpy`" in failed["numpy"]["hint"]
+    assert "2 check(s) failed: runtime onnxruntime, numpy" in run.stderr
     unknown = check_device(resolve_device(str(write_profile(sshd, tmp_path / "b"))))
     assert [(i.name, i.status) for i in unknown] == [("profile", "ok"), ("host key", "fail")]
     assert "--accept-new-host" in unknown[-1].detail

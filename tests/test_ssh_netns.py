@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sshd import SshServer, dense_onnx, start_sshd, write_profile
+
 from edgecompress.config import resolve_device
 from edgecompress.device import measure_request, open_session
-from sshd import SshServer, dense_onnx, start_sshd, write_profile
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:

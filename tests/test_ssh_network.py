@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from edgecompress.config import resolve_device
-from edgecompress.device import measure_request, open_session, sha256_bytes
 from sshd import SshServer, dense_onnx, serve_for_tests, write_profile
 from tcpproxy import TcpProxy
+
+from edgecompress.config import resolve_device
+from edgecompress.device import measure_request, open_session, sha256_bytes
 
 DELAY_S = 0.005  # each way: a 10 ms round trip, a typical Wi-Fi hop
 RATE = 2.5e6  # bytes/s each way: 20 Mbit/s
