@@ -84,7 +84,7 @@ def check(
     settings = load_check_config(config)
     device_name = device or settings.device
     if device_name is None:
-        raise ConfigError("no device: give --device NAME (or device = ... under [check] in the config)")
+        raise ConfigError("no device: give --device NAME (or device = NAME in the check table of --config)")
     budgets = merge_budgets(settings.budgets(), parse_budgets(budget or []))
     regression = settings.regression.with_tolerances(tolerance or [])
     profile = resolve_device(device_name)

@@ -216,11 +216,11 @@ def parse_check_config(text: str, origin: str) -> CheckConfig:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
     section = data.get("check", {})
     if not isinstance(section, Mapping):
-        raise ConfigError(f"{origin}: check must be a table ([check])")
+        raise ConfigError(f"{origin}: check must be a table, not {type(section).__name__}")
     if "budgets" in section or "budget_texts" in section:
         # One place for budgets, shared with tune: the top level of the file.
-        raise ConfigError(f"{origin}: budgets go at the top level (budgets = [...] before any table, or a [budgets] "
-                          "table), not under [check]")
+        raise ConfigError(f"{origin}: budgets go at the top level of the file (a budgets list before any table, or "
+                          "a budgets table), not in the check table")
     texts = tuple(budget.text for budget in read_budgets(data, origin))
     try:
         return CheckConfig.model_validate({**section, "budget_texts": texts})
