@@ -196,6 +196,19 @@ def test_key_not_authorized_is_one_line_with_the_fix(sshd: SshServer, tmp_path: 
     assert not isinstance(caught.value, ConnectionLost)  # not retried: a wrong key stays wrong
 
 
+def test_host_key_alias_from_ssh_config(sshd: SshServer, tmp_path: Path) -> None:
+    (tmp_path / "ssh_config").write_text("Host *\n    IdentitiesOnly yes\n    HostKeyAlias lab-pi\n")
+    profile = resolve_device(str(write_profile(sshd, tmp_path)))
+    kind, key = sshd.known_hosts_line().split()[1:3]
+    (tmp_path / "known_hosts").write_text(f"lab-pi {kind} {key}\n")  # filed under the alias, as OpenSSH does
+    with open_session(profile) as session:
+        assert session.info["agent_version"]
+    impostor = keygen(tmp_path / "impostor").with_suffix(".pub").read_text().split()[:2]
+    (tmp_path / "known_hosts").write_text(f"lab-pi {impostor[0]} {impostor[1]}\n")
+    with pytest.raises(HostKeyError, match="HAS CHANGED.*ssh-keygen -R 'lab-pi'"):
+        open_session(profile, accept_new_host=True)
+
+
 def test_proxy_jump_through_a_bastion(sshd: SshServer, tmp_path: Path) -> None:
     # The loopback sshd is its own bastion: the device is reached through a direct-tcpip channel of a first login.
     folder = tmp_path / "dev"

@@ -68,9 +68,10 @@ class SshTarget:
 
     @property
     def host_key_name(self) -> str:
-        """The name known_hosts files this host under, as OpenSSH writes it."""
-        name = self.host_key_alias or self.hostname
-        return name if self.port == 22 else f"[{name}]:{self.port}"
+        """The name known_hosts files this host under, as OpenSSH writes it (a HostKeyAlias as it is)."""
+        if self.host_key_alias:
+            return self.host_key_alias
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
 
 def _ssh_config(path: str) -> paramiko.SSHConfig:
@@ -154,6 +155,7 @@ class _StrictPolicy(paramiko.MissingHostKeyPolicy):
         self.revoked = revoked
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        hostname = self.target.host_key_name  # paramiko's name ignores HostKeyAlias
         known = self.known.lookup(hostname)
         path = Path(self.target.known_hosts).expanduser()
         if key.get_base64() in self.revoked:
@@ -272,9 +274,10 @@ def connect(target: SshTarget, sock: Any = None) -> Connection:
         for path in (SYSTEM_KNOWN_HOSTS, target.known_hosts):
             _load_known_hosts(Path(path).expanduser(), known, revoked)
         # paramiko checks these itself (and prefers the key type they hold); the policy sees the rest.
-        for name, keys in known.items():
-            for kind, key in keys.items():
-                client.get_host_keys().add(name, kind, key)
+        # Under the name paramiko looks up, which is the host's even when known_hosts files it under an alias.
+        paramiko_name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+        for kind, key in (known.lookup(target.host_key_name) or {}).items():
+            client.get_host_keys().add(paramiko_name, kind, key)
         client.set_missing_host_key_policy(_StrictPolicy(target, known, revoked))
         _connect_client(client, target, sock)
     except BaseException:
