@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-from edgecompress import zoo
 from torch import nn
+
+from edgecompress import zoo
 
 SHAPES = {"fashion_resnet": (1, 1, 28, 28), "resnet18": (1, 3, 224, 224)}
 

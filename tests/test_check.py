@@ -10,6 +10,8 @@ import json
 
 import numpy as np
 import pytest
+from junitparser import Error, Failure, JUnitXml, Skipped
+
 from edgecompress.analysis import RegressionPolicy, compare_samples, compare_values, latency_stats, sample_statistic
 from edgecompress.budgets import Evidence, parse_budgets
 from edgecompress.device import Measurement, MeasureRequest
@@ -31,7 +33,6 @@ from edgecompress.gate import (
 from edgecompress.history import append_result, plot_trend, read_history, trend
 from edgecompress.observe import Observation, evaluate_metrics
 from edgecompress.report import junit_error_xml, junit_xml, markdown_summary
-from junitparser import Error, Failure, JUnitXml, Skipped
 
 RNG = np.random.default_rng(7)
 
