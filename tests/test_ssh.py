@@ -324,7 +324,7 @@ def test_ssh_connection_cut_mid_measurement_is_reopened(ssh_device: Path, sshd: 
         assert len(box["result"].latencies_ns) >= 10
         assert session.reconnects == 1 and session.transport.connections == connections + 1
     lost = [e for e in events if "lost" in e]
-    assert len(lost) == 1 and "link to loopback lost" in lost[0]
+    assert len(lost) == 1 and "link to loopback lost" in lost[0] and "SSH connection to" in lost[0]
 
 
 def test_device_down_gives_up_after_bounded_retries(ssh_device: Path, sshd: SshServer) -> None:

@@ -267,7 +267,10 @@ def connect(target: SshTarget, sock: Any = None) -> Connection:
                 jumps.append(hop_connection.client)
             sock = _forward(jumps[-1], target)
         elif sock is None and target.proxy_command:
-            sock = paramiko.ProxyCommand(target.proxy_command)  # tokens (%h, %p, %r) were expanded by the lookup
+            try:
+                sock = paramiko.ProxyCommand(target.proxy_command)  # tokens (%h, %p, %r) were expanded by the lookup
+            except (OSError, paramiko.SSHException) as exc:
+                raise DeviceError(f"ProxyCommand for {target.display} cannot start: {exc}") from exc
         client = paramiko.SSHClient()
         known = paramiko.HostKeys()
         revoked: set[str] = set()
@@ -384,11 +387,12 @@ class SshChannel:
         if self.connection.active:
             # The agent's end of output comes before its exit status: give the status a moment to arrive.
             self.channel.status_event.wait(2.0)
-        if self.channel.exit_status_ready():
+        if not self.connection.active:
+            # A dropped connection also closes the channel without an exit status: say which end went away.
+            parts.append(f"SSH connection to {self.connection.target.display} closed")
+        elif self.channel.exit_status_ready():
             code = self.channel.exit_status
             parts.append("agent was killed" if code == -1 else f"agent exited with code {code}")
-        elif not self.connection.active:
-            parts.append(f"SSH connection to {self.connection.target.display} closed")
         tail = self._stderr.text() if self.channel.exit_status_ready() else ""
         if tail:
             parts.append(tail.splitlines()[-1])
@@ -413,7 +417,7 @@ class SshTransport:
         self.package: AgentPackage = agent_package()
         self.device = f"{profile.name} ({self.target.display})"
         self.probe_timeout_s = 60.0  # a Pi on an SD card can take seconds to start Python cold
-        self.token = uuid.uuid4().hex[:12]  # names this host-side transport's agent on the device (see serve_command)
+        self.token = uuid.uuid4().hex[:12]  # names this host-side transport's agent on the device (see agent_command)
         self.connections = 0
         self.last_bootstrap: BootstrapResult | None = None
         self.last_connect_s = 0.0
