@@ -8,18 +8,24 @@ import copy
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from browser import Browser, chromium_path
 from typer.testing import CliRunner
 
+from edgecompress.analysis import pwcet
 from edgecompress.cli import app
 from edgecompress.errors import ConfigError
+from edgecompress.report import _plots as plots
 from edgecompress.report import load_results, tune_report_html, write_tune_report_or_warn
+from edgecompress.report._html import _energy_section
 
 needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (.ci/run installs it)")
 BUDGETS = ("latency.p50<=1.5x", "size<=0.8x")
@@ -48,14 +54,35 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, env) -> Path:
-    """One real tune run on the local device: digits, one round of three trials, short measurements."""
+    """One real tune run on the local device: digits, one round of three trials, short measurements.
+
+    It is stopped with Ctrl-C after its first trial (the report written then is kept as stopped-report.html beside
+    the run folder) and resumed to the end, which writes the final report.
+    """
     out = tmp_path_factory.mktemp("tune") / "run"
     budgets = [arg for b in BUDGETS for arg in ("--budget", b)]
-    done = run_cli("tune", "--example", "digits", *budgets, "--rounds", "1", "--trials-per-round", "3",
-                   "--runs", "40", "--min-seconds", "0.05", "--finetune-steps", "5", "--val-limit", "200",
-                   "--seed", "3", "--out", str(out), env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecompress", "tune", "--example", "digits", *budgets, "--rounds", "1",
+         "--trials-per-round", "3", "--runs", "40", "--min-seconds", "0.05", "--finetune-steps", "5",
+         "--val-limit", "200", "--seed", "3", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.strip().startswith("#0"):  # the first trial finished: stop after the one in flight
+            process.send_signal(signal.SIGINT)
+            break
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    shutil.copy(out / "report.html", out.parent / "stopped-report.html")
+    done = run_cli("tune", "--resume", str(out), env=env)
     assert done.returncode in (0, 1), done.stderr  # met or not met: both are finished runs with a report
     return out
+
+
+def test_a_run_stopped_with_ctrl_c_still_writes_its_report(run_dir):
+    page = (run_dir.parent / "stopped-report.html").read_text(encoding="utf-8")
+    assert "stopped before the last round finished" in page
+    assert 'id="trials-table"' in page and page.count("<svg") >= 3
 
 
 def test_every_tune_run_writes_a_self_contained_report(run_dir):
@@ -153,14 +180,16 @@ def test_a_report_that_cannot_be_written_is_a_warning(tmp_path):
 
 
 @needs_chromium
-def test_bench_and_check_write_the_same_style_of_page(run_dir, env, tmp_path):
+def test_bench_and_check_write_the_same_style_of_page(run_dir, env, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
     model = run_dir / "original.onnx"
     bench_page, check_page = tmp_path / "bench.html", tmp_path / "check.html"
-    done = run_cli("bench", str(model), "--runs", "60", "--min-seconds", "0.05", "--html", str(bench_page), env=env)
-    assert done.returncode == 0, done.stderr
-    done = run_cli("check", str(model), "--device", "local", "--runs", "60", "--min-seconds", "0.05",
-                   "--budget", "size<=1MB", "--html", str(check_page), env=env)
-    assert done.returncode == 0, done.stderr
+    runner = CliRunner()  # in this process: the agent is still a real subprocess, without a second Python start-up
+    done = runner.invoke(app, ["bench", str(model), "--runs", "60", "--min-seconds", "0.05", "--html", str(bench_page)])
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(app, ["check", str(model), "--device", "local", "--runs", "60", "--min-seconds", "0.05",
+                               "--budget", "size<=1MB", "--html", str(check_page)])
+    assert done.exit_code == 0, done.output
     with Browser() as browser:
         for path, title in ((bench_page, "edgecompress bench"), (check_page, "edgecompress check")):
             browser.load(path.resolve().as_uri())
@@ -201,3 +230,25 @@ def test_dashboard_without_the_package_says_how_to_install_it(run_dir, env):
     assert done.returncode == 2
     assert "optuna-dashboard is not installed; install it with: pip install optuna-dashboard" in done.stderr
     assert len(done.stderr.strip().splitlines()) <= 2  # one clear line (wrapped at most once), no traceback
+
+
+def test_the_tail_figure_draws_the_pwcet_fit_when_there_is_one():
+    rng = np.random.default_rng(7)
+    sample = (1e6 * (1.0 + rng.exponential(0.05, 5000))).astype(int)  # i.i.d., an exponential tail
+    tail = pwcet(sample)
+    assert not tail.fallback
+    svg = plots.tail_plot([("model", sample, tail, plots.FINAL)])
+    assert f"pWCET fit ({tail.method})" in svg and "observed max" not in svg
+
+
+def test_energy_is_drawn_where_it_was_measured(run_dir):
+    results = copy.deepcopy(load_results(run_dir))
+    assert "Energy was not measured" in _energy_section(results)  # the local device has no power source
+    energy = {"source": "rapl", "energy_mj": 2.5, "active_energy_mj": 1.0, "mean_power_w": 6.0,
+              "idle_power_w": 3.6, "partial": True}
+    results["base"]["observation"]["energy"] = energy
+    for i, trial in enumerate(results["trials"]):
+        if trial.get("values"):
+            trial["values"]["energy"] = 1.0 + i
+    section = _energy_section(results)
+    assert "<svg" in section and "rapl" in section and "2.5 mJ" in section

@@ -333,9 +333,10 @@ def _trials_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
                      num(latency.get("p50_ms")), num(latency.get("p99_ms")), num(latency.get("max_ms")),
                      num(candidate.get("size_bytes"), unit="bytes"), num(candidate.get("macs")), plan.get("quant", ""),
                      num(sum(ratios) / len(ratios) if ratios else (0.0 if plan else None), 3),
-                     num(tr.get("duration_s"), 3), tr.get("fail_reason") or "", _plan_text(plan)])
+                     num(tr.get("duration_s"), 3), ", ".join((tr.get("observation") or {}).get("flags") or []),
+                     tr.get("fail_reason") or "", _plan_text(plan)])
     headers = ("round", "trial", "state", "met", "accuracy", *keys_headers(keys), "p50 ms", "p99 ms", "max ms",
-               "model size", "MACs", "quant", "mean ratio", "seconds", "failure", "plan")
+               "model size", "MACs", "quant", "mean ratio", "seconds", "flags", "failure", "plan")
     return Raw(para("Click a column header to sort.", "muted") + table(headers, rows, sortable=True,
                                                                        id_="trials-table"))
 
