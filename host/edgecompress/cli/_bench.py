@@ -14,7 +14,7 @@ from edgecompress.artifact import load_artifact
 from edgecompress.cli._app import app, console, err_console
 from edgecompress.cli._device_options import accept_new_host_option, upload_progress
 from edgecompress.config import resolve_device
-from edgecompress.device import measure_request, open_session
+from edgecompress.device import check_runtime, measure_request, open_session
 from edgecompress.observe import observe
 
 
@@ -39,6 +39,8 @@ def bench(
     session = open_session(profile, on_event=lambda m: err_console.print(f"[yellow]{m}[/]"),
                            accept_new_host=accept_new_host)
     try:
+        # A runtime, provider or opset the device cannot serve is a ConfigError before the upload.
+        check_runtime(profile, session.hello(), runtime=artifact.runtime, model=artifact.data)
         with upload_progress(err_console, len(artifact.data), f"sending {model.name} to {profile.name}") as progress:
             sha = session.put_model(artifact.data, progress=progress)
         observation = observe(session, sha, len(artifact.data), spec)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgecompress.artifact import Artifact
+from edgecompress.compress._compat import drop_unused_domains
 from edgecompress.compress._export import export_onnx, max_abs_diff, onnx_node_prefix
 from edgecompress.compress._quantize import convert_fp16, quantize_int8
 from edgecompress.compress._space import CompressionPlan, search_space
@@ -41,13 +42,16 @@ def first_batch(workload) -> torch.Tensor:
 def build_artifact(
     model: nn.Module, plan: CompressionPlan, workload, opset: int = 17, format: str = "onnx"
 ) -> Artifact:
-    """The deployable artifact of an (already pruned) model: ONNX at ``opset``, then int8 or fp16 per the plan.
+    """The deployable artifact of an (already pruned) model: ONNX at ``opset``, then int8 or fp16 per the plan
+    (or, with ``format="tflite"``, a .tflite flatbuffer from litert-torch; ``opset`` is then unused).
 
     The fp32 export is checked against torch on a calibration batch before any quantization, so a wrong export
     is an ExportError rather than a silently bad accuracy.
     """
+    if format == "tflite":
+        return _build_tflite(model, plan, workload)
     if format != "onnx":
-        raise ExportError(f"export format {format!r} is not available; edgecompress exports ONNX")
+        raise ExportError(f"export format {format!r} is not available; choose onnx or tflite")
     fp32 = export_onnx(model, workload.input_shape, opset)
     diff = max_abs_diff(fp32, model, first_batch(workload))
     if not diff <= FP32_TOLERANCE:
@@ -60,5 +64,22 @@ def build_artifact(
         import onnx
 
         names = [node.name for node in onnx.load_model_from_string(fp32).graph.node]
-        data = quantize_int8(fp32, workload.calib, fallback_nodes(model, plan, workload, names))
+        data = drop_unused_domains(quantize_int8(fp32, workload.calib, fallback_nodes(model, plan, workload, names)))
     return Artifact.from_bytes(data, "onnx")
+
+
+def _build_tflite(model: nn.Module, plan: CompressionPlan, workload) -> Artifact:
+    """The TFLite artifact (litert-torch): fp32 checked against torch like the ONNX export, or int8 by PT2E."""
+    from edgecompress.compress._tflite import export_tflite, tflite_max_abs_diff
+
+    if plan.float_fallback:
+        raise ExportError("float-fallback groups are not available on the TFLite path; use the ONNX export")
+    if plan.quant != "fp32":
+        # Scored as they are on the host, so a bad conversion shows as accuracy; a second, fp32 conversion just to
+        # compare would double the build time (litert-torch takes seconds per model).
+        return Artifact.from_bytes(export_tflite(model, workload.input_shape, plan.quant, workload.calib), "tflite")
+    fp32 = export_tflite(model, workload.input_shape, "fp32")
+    diff = tflite_max_abs_diff(fp32, model, first_batch(workload))
+    if not diff <= FP32_TOLERANCE:
+        raise ExportError(f"the TFLite export differs from torch by {diff:.3g} (tolerance {FP32_TOLERANCE})")
+    return Artifact.from_bytes(fp32, "tflite")

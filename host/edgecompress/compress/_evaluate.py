@@ -1,4 +1,5 @@
-"""Scoring an artifact on the host with onnxruntime: the same bytes the device runs, on the validation set."""
+"""Scoring an artifact on the host with its runtime (onnxruntime or the LiteRT interpreter): the same bytes the
+device runs, on the validation set."""
 
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ def predict(
     limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(outputs, labels) of the artifact over ``batches`` (at most ``limit`` samples), one session run per batch."""
+    if artifact.format == "tflite":
+        from edgecompress.compress._tflite import predict_tflite
+
+        return predict_tflite(artifact.data, batches, limit)
     if artifact.format != "onnx":
-        raise ExportError(f"host evaluation needs an ONNX artifact, got {artifact.format}")
+        raise ExportError(f"host evaluation needs an ONNX or TFLite artifact, got {artifact.format}")
     session = onnx_session(artifact.data)
     name = session.get_inputs()[0].name
     outputs, labels, seen = [], [], 0

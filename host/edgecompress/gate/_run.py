@@ -20,7 +20,7 @@ from edgecompress.analysis import compare_paired, compare_samples, compare_value
 from edgecompress.artifact import Artifact
 from edgecompress.budgets import Budget, check_budgets_measurable, format_value
 from edgecompress.config import DeviceProfile
-from edgecompress.device import MeasureRequest, open_session
+from edgecompress.device import MeasureRequest, check_runtime, open_session
 from edgecompress.errors import ConfigError
 from edgecompress.gate._config import RegressionSettings, check_regression_metric
 from edgecompress.gate._result import Baseline, BudgetOutcome, CheckResult, RegressionOutcome
@@ -78,6 +78,7 @@ def measure_model(profile: DeviceProfile, artifact: Artifact, spec: MeasureReque
         hello = session.hello()
         # Energy on a board without a power source is a configuration error: say so before measuring.
         check_budgets_measurable(budgets, hello, profile.power.source, profile.power.command)
+        check_runtime(profile, hello, runtime=spec.runtime, model=artifact.data)
         sha = session.put_model(artifact.data)
         observation = observe(session, sha, artifact.size_bytes, spec, budgets, thresholds=targets)
     finally:

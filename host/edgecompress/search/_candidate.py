@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -59,14 +59,18 @@ def build_candidate(
     plan: CompressionPlan,
     workload: Workload,
     space: SearchSpace,
-    opset: int,
+    opset: int | None,
     val_limit: int | None = None,
     model: nn.Module | None = None,
+    format: Literal["onnx", "tflite"] = "onnx",
 ) -> tuple[nn.Module, Candidate]:
-    """Prune ``base`` by ``plan`` (or take an already pruned ``model``), export, quantize and evaluate it."""
+    """Prune ``base`` by ``plan`` (or take an already pruned ``model``), export (ONNX at ``opset``, or TFLite),
+    quantize and evaluate it."""
     t0 = time.perf_counter()
     pruned = model if model is not None else apply_plan(base, plan, workload, space)
-    artifact = build_artifact(pruned, plan, workload, opset=opset)
+    if format == "onnx" and opset is None:
+        raise ValueError("an ONNX candidate needs an opset")
+    artifact = build_artifact(pruned, plan, workload, opset=opset or 0, format=format)
     t1 = time.perf_counter()
     accuracy = evaluate_artifact(artifact, workload, limit=val_limit)
     t2 = time.perf_counter()

@@ -1,57 +1,83 @@
-"""What the device can run: the ONNX opset its onnxruntime loads."""
+"""What to export for the device: the format its runtime loads, the ONNX opset its onnxruntime implements, and
+whether fp16 is worth searching there. Decided from ``hello`` before any search."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from edgecompress.compress import MAX_OPSET, MIN_OPSET
+from edgecompress.config import DeviceProfile
+from edgecompress.device import check_runtime, gpu_providers, max_opset_for
 from edgecompress.errors import ConfigError
 
-# The highest opset each onnxruntime release implements (onnxruntime's compatibility table).
-ORT_MAX_OPSET = {
-    (1, 10): 15,
-    (1, 11): 16,
-    (1, 12): 17,
-    (1, 13): 17,
-    (1, 14): 18,
-    (1, 15): 19,
-    (1, 16): 19,
-    (1, 17): 20,
-    (1, 18): 21,
-    (1, 19): 21,
-    (1, 20): 21,
-}
+__all__ = ["ExportTarget", "choose_opset", "export_target", "max_opset_for"]
 
 
-def max_opset_for(version: str | None) -> int:
-    """The highest ONNX opset an onnxruntime version loads (capped to what the exporter writes)."""
-    if not version:
-        return MIN_OPSET
-    try:
-        major, minor = (int(p) for p in version.split(".")[:2])
-    except ValueError:
-        return MIN_OPSET
-    if (major, minor) in ORT_MAX_OPSET:
-        opset = ORT_MAX_OPSET[(major, minor)]
-    elif (major, minor) > max(ORT_MAX_OPSET):
-        opset = MAX_OPSET
-    else:
-        opset = MIN_OPSET
-    return min(opset, MAX_OPSET)
+@dataclass(frozen=True)
+class ExportTarget:
+    """The artifact format and opset for one device, and the quantization modes worth searching on it."""
+
+    format: Literal["onnx", "tflite"]
+    opset: int | None  # ONNX only
+    runtime: str
+    runtime_version: str | None
+    quant_modes: tuple[str, ...]
+    fp16_providers: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        what = f"ONNX opset {self.opset}" if self.format == "onnx" else "TFLite (litert-torch)"
+        gpu = f", fp16 for {', '.join(self.fp16_providers)}" if self.fp16_providers else ""
+        return f"exporting {what} for {self.runtime} {self.runtime_version}{gpu}"
 
 
-def choose_opset(hello: dict[str, Any], requested: int | None) -> int:
+def choose_opset(hello: Mapping[str, Any], requested: int | None) -> int:
     """The opset to export at for this device; a requested opset the device cannot load is refused up front."""
-    ort = next((r for r in hello.get("runtimes", []) if r.get("name") == "onnxruntime"), None)
+    ort = next((r for r in hello.get("runtimes") or () if r.get("name") == "onnxruntime"), None)
     if ort is None:
         raise ConfigError(f"the device ({hello.get('board')}) has no importable onnxruntime")
-    limit = max_opset_for(ort.get("version"))
+    version = ort.get("version")
+    limit = max_opset_for(version, exporter_max=MAX_OPSET)
+    if limit is None:
+        # An unrecognised (or pre-1.8) version: the lowest opset the exporter writes is the one most likely to load.
+        limit = MIN_OPSET
     if requested is None:
         return limit
     if requested > limit:
         raise ConfigError(
-            f"opset {requested} is above what onnxruntime {ort.get('version')} on the device loads (at most {limit})"
+            f"opset {requested} is above what onnxruntime {version} on the device loads (at most "
+            f"{limit}); leave --opset out to export at {limit}"
         )
     if requested < MIN_OPSET:
         raise ConfigError(f"opset {requested} is below the lowest the exporter supports ({MIN_OPSET})")
     return requested
+
+
+def export_target(
+    profile: DeviceProfile, hello: Mapping[str, Any], requested_opset: int | None, quant: Sequence[str]
+) -> ExportTarget:
+    """The export for this device and profile; ConfigError on any mismatch, before the search starts.
+
+    ``quant`` is the modes the user asked for. fp16 is added where the profile runs a GPU provider the device has
+    (CUDA, TensorRT...), whose kernels run it natively; on a CPU provider it is searched only when asked for, since
+    there it is mostly casts. The TFLite path has fp32 and int8.
+    """
+    entry = check_runtime(profile, hello)
+    version = entry.get("version")
+    if profile.runtime.name == "tflite":
+        if requested_opset is not None:
+            raise ConfigError(f"--opset is for ONNX; device {profile.name} runs TFLite")
+        modes = tuple(q for q in quant if q in ("fp32", "int8"))
+        if not modes:
+            raise ConfigError(
+                f"device {profile.name} runs TFLite, which edgecompress exports as fp32 or int8; "
+                f"none of {', '.join(quant)} is one of them"
+            )
+        return ExportTarget("tflite", None, "tflite", version, modes)
+    opset = choose_opset(hello, requested_opset)
+    fp16 = tuple(gpu_providers(profile, entry))
+    modes = tuple(quant)
+    if fp16 and "fp16" not in modes:
+        modes += ("fp16",)
+    return ExportTarget("onnx", opset, "onnxruntime", version, modes, fp16)

@@ -25,7 +25,7 @@ from edgecompress.device import Session, measure_request, open_session
 from edgecompress.errors import ConfigError, DeviceError, EdgecompressError
 from edgecompress.report import group_channels, library_versions, write_tune_report_or_warn
 from edgecompress.search._candidate import Candidate, build_candidate, measure_candidate
-from edgecompress.search._negotiate import choose_opset
+from edgecompress.search._negotiate import ExportTarget, export_target
 from edgecompress.search._schedule import thresholds
 from edgecompress.search._state import STATE_FILE, new_run_dir, read_state, write_json
 from edgecompress.workload import Workload, load_workload
@@ -205,7 +205,10 @@ class Tuner:
         assert self.session is not None and self.workload is not None
         hello = self.session.hello()
         self.state.setdefault("device", {"profile": self.profile.name, "hello": hello})
-        self.opset = choose_opset(hello, self.config.opset)
+        # The runtime, its providers and the opset it loads are checked here, before any device time is spent.
+        self.target: ExportTarget = export_target(self.profile, hello, self.config.opset, self.config.quant)
+        self.opset = self.target.opset
+        self.reporter.message(self.target.describe())
         self._check_measurable(hello)
         original = self.workload.build_model().eval()
         if "base" not in self.state:
@@ -241,7 +244,8 @@ class Tuner:
         space = self._space(original)
         plan = CompressionPlan(ratios={}, quant="fp32")
         _, candidate = build_candidate(
-            original, plan, self.workload, space, self.opset, self.config.val_limit, model=original
+            original, plan, self.workload, space, self.opset, self.config.val_limit, model=original,
+            format=self.target.format,
         )
         device = self._measure(candidate)
         values = device["values"]
@@ -253,7 +257,7 @@ class Tuner:
             if base_value is None:
                 raise ConfigError(f"the device did not report {b.key} for the original model")
             schedule[b.key] = thresholds(float(base_value), targets[b.key], self._rounds(), kind, self.config.alpha)
-        (self.run_dir / "original.onnx").write_bytes(candidate.artifact.data)
+        (self.run_dir / f"original.{self.target.format}").write_bytes(candidate.artifact.data)
         for b in self.budgets:
             self.reporter.message(
                 f"{b.key}: original {values.get(b.key):.4g} {b.unit}, budget {targets[b.key]:.4g} "
@@ -288,14 +292,15 @@ class Tuner:
         if t == 0 or len(self.state["rounds"]) > t:
             return
         assert self.workload is not None
-        original_bytes = (self.run_dir / "original.onnx").read_bytes()
+        original_bytes = (self.run_dir / f"original.{self.target.format}").read_bytes()
         from edgecompress.artifact import Artifact
 
         reference = self.state["base"]["drift_reference"]
         keys = [b.key for b in self.budgets if not b.spec.on_host]
         record: dict[str, Any] = {"round": t, "measurements": []}
         for attempt in range(2):
-            candidate = Candidate(CompressionPlan(), Artifact.from_bytes(original_bytes, "onnx"), math.nan, 0, 0, 0, 0)
+            original = Artifact.from_bytes(original_bytes, self.target.format)
+            candidate = Candidate(CompressionPlan(), original, math.nan, 0, 0, 0, 0)
             values = self._measure(candidate)["values"]
             drift = {
                 k: (values[k] - reference[k]) / reference[k]
@@ -348,13 +353,14 @@ class Tuner:
             dim: trial.suggest_float(f"ratio:{dim}", 0.0, self.config.max_ratio, step=self.config.ratio_step)
             for dim in space.dimensions
         }
-        quant = trial.suggest_categorical("quant", list(self.config.quant))
+        quant = trial.suggest_categorical("quant", list(self.target.quant_modes))
         return CompressionPlan(
             ratios={k: v for k, v in ratios.items() if v > 0}, quant=cast(Quant, quant), round_to=self.config.round_to
         )
 
     def _identity_params(self, space: SearchSpace) -> dict[str, Any]:
-        quant = "fp32" if "fp32" in self.config.quant else self.config.quant[0]
+        modes = self.target.quant_modes
+        quant = "fp32" if "fp32" in modes else modes[0]
         return {**{f"ratio:{d}": 0.0 for d in space.dimensions}, "quant": quant}
 
     def _recover(self, study: optuna.Study) -> None:
@@ -399,7 +405,7 @@ class Tuner:
                     self.reporter.message(f"uniform search converged at ratio {ratio:g}")
                     return True
                 params: dict[str, Any] = {f"ratio:{d}": ratio for d in space.dimensions}
-                params["quant"] = self.config.quant[0]
+                params["quant"] = self.target.quant_modes[0]
                 study.enqueue_trial(params)
             trial = study.ask()
             record = self._trial(t, trial, space, base_model, limits)
@@ -421,7 +427,9 @@ class Tuner:
             plan = self._sample_plan(trial, space)
             trial.set_user_attr("plan", plan.to_json())
             record["plan"] = plan.to_json()
-            _, candidate = build_candidate(base_model, plan, self.workload, space, self.opset, self.config.val_limit)
+            _, candidate = build_candidate(
+                base_model, plan, self.workload, space, self.opset, self.config.val_limit, format=self.target.format
+            )
             trial.set_user_attr("candidate", candidate.to_json())
             values: dict[str, float | None] = dict(candidate.host_values(self.budgets))
             host_violations = _violations(values, {b.key: limits[b.key] for b in self.budgets if b.spec.on_host})
@@ -551,13 +559,14 @@ class Tuner:
         pruned = apply_plan(base_model, plan, self.workload, space)
         tuned = finetune(pruned, original, self.workload, steps=self.config.finetune_steps, lr=self.config.finetune_lr)
         _, candidate = build_candidate(
-            base_model, plan, self.workload, space, self.opset, self.config.val_limit, model=tuned
+            base_model, plan, self.workload, space, self.opset, self.config.val_limit, model=tuned,
+            format=self.target.format,
         )
         device = self._measure(candidate, limits)
         path = self._checkpoint_path(t)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(tuned, path)
-        (path.parent / "model.onnx").write_bytes(candidate.artifact.data)
+        (path.parent / f"model.{self.target.format}").write_bytes(candidate.artifact.data)
         entry = {
             "round": t,
             "thresholds": limits,
@@ -598,11 +607,12 @@ class Tuner:
         options.append(("best trial, not fine-tuned", apply_plan(base_model, plan, self.workload, space), plan))
         for label, model, plan in options:
             _, candidate = build_candidate(
-                model, plan, self.workload, space, self.opset, self.config.val_limit, model=model
+                model, plan, self.workload, space, self.opset, self.config.val_limit, model=model,
+                format=self.target.format,
             )
             device = self._measure(candidate, self.state["base"]["targets"])
             if self._meets(device["values"]):
-                (self.run_dir / "model.onnx").write_bytes(candidate.artifact.data)
+                (self.run_dir / f"model.{self.target.format}").write_bytes(candidate.artifact.data)
                 write_json(self.run_dir / "plan.json", plan.to_json())
                 base_acc = self.state["base"]["candidate"]["accuracy"]
                 final = {
