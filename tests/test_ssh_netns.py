@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -49,6 +50,8 @@ def _free_subnet() -> ipaddress.IPv4Network:
 def namespace() -> Iterator[Namespace]:
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (CAP_NET_ADMIN); this test runs sshd at its own address")
+    if shutil.which("ip") is None:
+        pytest.skip("the ip command (iproute2) is not installed")
     suffix = str(os.getpid())[-6:]
     ns = Namespace(f"ectest{suffix}", f"ech{suffix}", "", "")
     made = _ip("netns", "add", ns.name)
