@@ -337,3 +337,15 @@ def test_device_down_gives_up_after_bounded_retries(ssh_device: Path, sshd: SshS
     with pytest.raises(ConnectionLost, match=r"connection refused.*gave up after 3 retries"):
         session.request("has_model", {"sha256": "0" * 64})
     assert session.reconnects == 3
+
+
+def test_profiles_refuse_passwords_and_need_an_ssh_table() -> None:
+    from edgecompress.config import parse_profile
+    from edgecompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"p\.toml: ssh: .*password is not accepted in a profile: use a key file"):
+        parse_profile('transport = "ssh"\n[ssh]\nhost = "pi"\npassword = "raspberry"\n', "p.toml")
+    with pytest.raises(ConfigError, match=r"transport = 'ssh' needs an \[ssh\] table"):
+        parse_profile('transport = "ssh"\n', "q.toml")
+    ad_hoc = resolve_device("pi@10.0.0.7:2222")
+    assert (ad_hoc.transport, ad_hoc.ssh.user, ad_hoc.ssh.host, ad_hoc.ssh.port) == ("ssh", "pi", "10.0.0.7", 2222)
