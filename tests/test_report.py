@@ -252,3 +252,18 @@ def test_energy_is_drawn_where_it_was_measured(run_dir):
             trial["values"]["energy"] = 1.0 + i
     section = _energy_section(results)
     assert "<svg" in section and "rapl" in section and "2.5 mJ" in section
+
+
+def test_recorded_channels_are_what_the_pruner_leaves():
+    from edgecompress.compress import CompressionPlan, apply_plan, search_space
+    from edgecompress.report import group_channels
+    from edgecompress.workload import load_workload
+
+    workload = load_workload(example="digits", val_limit=50)
+    model = workload.build_model().eval()
+    space = search_space(model, workload.input_shape, workload.ignore)
+    plan = CompressionPlan(ratios={space.groups[0].name: 0.65, space.groups[1].name: 0.4}, round_to=4)
+    recorded = group_channels(space, plan)
+    pruned = search_space(apply_plan(model, plan, workload, space), workload.input_shape, workload.ignore)
+    assert {g["group"]: g["after"] for g in recorded} == {g.name: g.channels for g in pruned.groups}
+    assert any(g["after"] < g["before"] for g in recorded)

@@ -48,16 +48,17 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def group_channels(before: SearchSpace, after: SearchSpace, plan: CompressionPlan) -> list[dict[str, Any]]:
-    """Per group: channels in the round's base, the plan's ratio, and the channels the pruned model really has."""
+def group_channels(space: SearchSpace, plan: CompressionPlan) -> list[dict[str, Any]]:
+    """Per group: channels in the round's base, the plan's ratio, and the channels left (as the pruner rounds them).
+
+    From the plan alone: no second dependency graph after fine-tuning, so recording this cannot fail a round.
+    """
     from edgecompress.compress import kept_channels
 
-    ratios = before.group_ratios(plan.ratios)
-    now = {g.name: g.channels for g in after.groups}
+    ratios = space.group_ratios(plan.ratios)
     return [{"group": g.name, "before": g.channels, "ratio": ratios[g.name],
-             # A group the pruned model no longer lists (merged by the dependency graph) gets the planned count.
-             "after": now.get(g.name, kept_channels(g.channels, ratios[g.name], plan.round_to))}
-            for g in before.groups]
+             "after": kept_channels(g.channels, ratios[g.name], plan.round_to) if ratios[g.name] else g.channels}
+            for g in space.groups]
 
 
 def _unit(key: str) -> str:

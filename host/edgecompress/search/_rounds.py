@@ -574,7 +574,7 @@ class Tuner:
             "feasible": feasible,
             "before_finetune_accuracy": chosen.user_attrs["candidate"]["accuracy"],
             # Channels per group before and after this round, for reports (the plan alone holds only ratios).
-            "groups": group_channels(space, self._space(tuned), plan),
+            "groups": group_channels(space, plan),
             "next_base": {**candidate.to_json(), "values": device["values"], "observation": device["observation"]},
         }
         self.state["rounds"] = [r for r in self.state["rounds"] if r["round"] != t] + [entry]
