@@ -54,6 +54,8 @@ def bench(
         page = bench_report_html(str(model), profile.name, spec.runtime, observation, hello, spec.to_fields(),
                                  shlex.join(["edgecompress", *sys.argv[1:]]))
         err_console.print(f"HTML page written to {write_html(page, html)}", highlight=False)
+        if str(html) == "-":
+            return  # stdout holds the page; a table after it would break it
     tail, energy = observation.tail, observation.energy
     if as_json:
         print(json.dumps({"model": str(model), "sha256": sha, "device": profile.name, "runtime": spec.runtime,
