@@ -674,6 +674,8 @@ class Tuner:
                 )
         results = {
             "edgecompress": __version__,
+            "started_unix": self.state.get("created_unix"),
+            "finished_unix": time.time(),
             "command": self.command,
             "config": self.config.model_dump(),
             "device": self.state.get("device"),

@@ -1,0 +1,139 @@
+"""Search quality against the paper's baselines, side by side in one run.
+
+    python benchmarks/search_quality.py --example fashion-mnist --budgets 0.5 0.35 --seeds 0 1 2 \
+        --measurements 24 --out bench-runs/search-quality
+
+Every method gets the same number of candidate measurements on the device (`--measurements`): the cooled
+schedules spread them over `--rounds` rounds, the single-round methods spend them in one study. For each method,
+budget and seed it runs `edgecompress tune` in-process on the local device and records the best accuracy confirmed
+on the device as meeting the budget (or "not met"), the device measurements actually made, and the wall time.
+Prints a Markdown table (mean and spread over seeds) and writes every run's folder under --out, plus a PNG of
+accuracy against budget per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from edgecompress.config import TuneConfig
+from edgecompress.search import run_tune
+
+METHODS = {
+    "exponential": {"schedule": "exponential"},
+    "linear": {"schedule": "linear"},
+    "one-step": {"schedule": "one-step"},
+    "unconstrained": {"strategy": "unconstrained"},
+    "uniform": {"strategy": "uniform"},
+    "random": {"schedule": "one-step", "sampler": "random"},
+}
+
+
+def device_measurements(results: dict) -> int:
+    """Candidate measurements the run made on the device (trials measured, plus each round's fine-tuned base)."""
+    trials = sum(1 for t in results["trials"] if t.get("latency"))
+    return trials + len(results["rounds"])
+
+
+def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> dict:
+    rounds = args.rounds if method in ("exponential", "linear") else 1
+    per_round = max(1, args.measurements // rounds - (1 if rounds > 1 else 0))
+    settings = dict(METHODS[method])
+    config = TuneConfig(
+        example=args.example, arch=args.arch, budgets=[f"{args.metric}<={budget}x"], rounds=rounds,
+        trials_per_round=per_round, seed=seed, finetune_steps=args.finetune_steps, val_limit=args.val_limit,
+        runs=args.runs, min_seconds=args.min_seconds, tradeoff_lambda=args.tradeoff_lambda, drift_wait_s=5.0,
+        name=f"{method}-{budget}-{seed}", **settings,
+    )
+    out = args.out / f"{method}-b{budget}-s{seed}"
+    started = time.perf_counter()
+    result = run_tune(config, out)
+    wall_s = time.perf_counter() - started
+    results = json.loads((out / "results.json").read_text())
+    final = results.get("final") or {}
+    return {"method": method, "budget": budget, "seed": seed, "met": bool(final.get("met")),
+            "accuracy": final.get("accuracy") if final.get("met") else None,
+            "base_accuracy": results["base"]["candidate"]["accuracy"], "measurements": device_measurements(results),
+            "wall_s": wall_s, "run_dir": str(result.run_dir)}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| budget | method | best feasible accuracy (mean ± sd over met seeds) | met | device measurements | "
+             "wall time per run |", "| --- | --- | --- | --- | --- | --- |"]
+    for budget in sorted({r["budget"] for r in rows}, reverse=True):
+        for method in METHODS:
+            group = [r for r in rows if r["budget"] == budget and r["method"] == method]
+            if not group:
+                continue
+            accs = [100 * r["accuracy"] for r in group if r["met"]]
+            acc = "—" if not accs else (f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+                                        if len(accs) > 1 else f"{accs[0]:.2f}")
+            lines.append(f"| {budget}x | {method} | {acc} | {len(accs)}/{len(group)} | "
+                         f"{statistics.fmean(r['measurements'] for r in group):.0f} | "
+                         f"{statistics.fmean(r['wall_s'] for r in group) / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in METHODS:
+        points = sorted({r["budget"] for r in rows if r["method"] == method})
+        means = []
+        for budget in points:
+            accs = [100 * r["accuracy"] for r in rows if r["method"] == method and r["budget"] == budget and r["met"]]
+            means.append(statistics.fmean(accs) if accs else float("nan"))
+        ax.plot(points, means, marker="o", label=method)
+    ax.set_xlabel("latency budget (x of the original)")
+    ax.set_ylabel("best feasible accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--example", default="fashion-mnist")
+    parser.add_argument("--arch", default=None)
+    parser.add_argument("--metric", default="latency.mean")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.35])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--measurements", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--val-limit", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--min-seconds", type=float, default=0.2)
+    parser.add_argument("--tradeoff-lambda", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=Path("bench-runs/search-quality"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows_path = args.out / "rows.jsonl"
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    done = {(r["method"], r["budget"], r["seed"]) for r in rows}
+    started = time.perf_counter()
+    for budget in args.budgets:
+        for seed in args.seeds:
+            for method in args.methods:
+                if (method, budget, seed) in done:
+                    continue
+                row = run_one(method, budget, seed, args)
+                rows.append(row)
+                with rows_path.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    print(table(rows))
+    print(f"\ntotal wall time {(time.perf_counter() - started) / 60:.1f} min")
+    plot(rows, args.out / "accuracy_vs_budget.png")
+
+
+if __name__ == "__main__":
+    main()
