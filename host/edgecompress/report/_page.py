@@ -16,7 +16,7 @@ h2{margin:28px 0 8px;font-size:18px;border-bottom:1px solid #d7dce1;padding-bott
 h3{margin:16px 0 6px;font-size:15px}.verdict{display:inline-block;padding:3px 10px;border-radius:4px;font-weight:600}
 .ok{background:#d9f2dd;color:#14532d}.bad{background:#fbdcdc;color:#7f1d1d}.warn{background:#fdf0cf;color:#713f12}
 .figs{display:flex;flex-wrap:wrap;gap:14px}.fig{background:#fff;border:1px solid #e1e5ea;border-radius:6px;
-padding:8px;flex:1 1 560px;max-width:760px}.fig svg{width:100%;height:auto;display:block}
+padding:8px;flex:1 1 560px;max-width:760px}.fig svg{max-width:100%;height:auto;display:block}
 .fig p{margin:4px 2px 0;font-size:12px;color:#555}
 table{border-collapse:collapse;background:#fff;font-size:13px;margin:4px 0 10px}
 th,td{border:1px solid #e1e5ea;padding:3px 8px;text-align:left;vertical-align:top}
