@@ -330,7 +330,7 @@ def _trials_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
                      num(tr.get("accuracy")),
                      *[num(values.get(k), unit=u) for k, u, _ in keys],
                      *[num((tr.get("constraints") or {}).get(k) if isinstance(tr.get("constraints"), dict)
-                           else None) for k, _, _ in keys],
+                           else None, unit=u) for k, u, _ in keys],
                      num(latency.get("p50_ms")), num(latency.get("p99_ms")), num(latency.get("max_ms")),
                      num(candidate.get("size_bytes"), unit="bytes"), num(candidate.get("macs")), plan.get("quant", ""),
                      num(sum(ratios) / len(ratios) if ratios else (0.0 if plan else None), 3),

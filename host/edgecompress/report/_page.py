@@ -21,7 +21,7 @@ padding:8px;flex:1 1 560px;max-width:760px}.fig svg{max-width:100%;height:auto;d
 table{border-collapse:collapse;background:#fff;font-size:13px;margin:4px 0 10px}
 th,td{border:1px solid #e1e5ea;padding:3px 8px;text-align:left;vertical-align:top}
 td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#f1f4f7}
-table.sortable th{cursor:pointer;user-select:none;white-space:nowrap}
+table.sortable th{cursor:pointer;user-select:none;white-space:nowrap}table.sortable td{white-space:nowrap}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 .scroll{overflow-x:auto}pre{background:#fff;border:1px solid #e1e5ea;padding:8px;white-space:pre-wrap;
