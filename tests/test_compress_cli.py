@@ -26,7 +26,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_without_a_plan_writes_the_unchanged_model_and_a_template(tmp_path):
+def test_without_a_plan_writes_the_unchanged_model_and_a_template(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     result = run_cli("--example", "digits", "-o", str(out), "--json")
     assert result.returncode == 0, result.stderr
@@ -38,8 +38,12 @@ def test_without_a_plan_writes_the_unchanged_model_and_a_template(tmp_path):
     template = json.loads((out / "plan-template.json").read_text())
     assert set(template["ratios"]) == {"conv1", "conv2", "conv3"} and template["groups"]["conv2"]["channels"] == 32
     # A second run into the same folder is refused rather than overwriting silently.
-    again = run_cli("--example", "digits", "-o", str(out))
-    assert again.returncode == 2 and "already holds model.onnx" in again.stderr and "--force" in again.stderr
+    monkeypatch.setattr(sys, "argv", ["edgecompress", "compress", "--example", "digits", "-o", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "already holds model.onnx" in err and "--force" in err
+    assert load_artifact(out / "model.onnx").sha256 == report["sha256"]
 
 
 def test_a_plan_prunes_quantizes_and_reports(tmp_path):
