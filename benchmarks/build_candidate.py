@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+
 from edgecompress.compress import (
     CompressionPlan,
     apply_plan,

@@ -14,6 +14,7 @@ import json
 import time
 
 import torch
+
 from edgecompress.compress import (
     CompressionPlan,
     apply_plan,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from edgecompress.workload import (
     ARCHITECTURES,
     ArrayLoader,
@@ -25,7 +27,6 @@ from edgecompress.workload import (
     top1,
     train_digits,
 )
-from torch import nn
 
 
 def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:

@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
+
 from edgecompress.compress import (
     CompressionPlan,
     apply_plan,
@@ -26,7 +28,6 @@ from edgecompress.compress._export import onnx_session
 from edgecompress.errors import ConfigError, ExportError
 from edgecompress.workload import load_workload
 from edgecompress.zoo import fashion_mobilenetv2, fashion_resnet
-from torch import nn
 
 RESNET_SHAPE = (1, 1, 28, 28)
 

@@ -9,6 +9,7 @@ import sys
 
 import onnx
 import pytest
+
 from edgecompress.artifact import load_artifact
 from edgecompress.cli import main
 

@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+
 from edgecompress.errors import WorkloadError
 from edgecompress.workload import (
     EXAMPLES,
