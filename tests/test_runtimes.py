@@ -192,10 +192,16 @@ def test_jetson_profiles_read_their_power_rail_from_the_documented_layout(tmp_pa
 # -- TFLite ---------------------------------------------------------------------------------------------------------
 
 
-def test_tflite_export_is_scored_on_the_host_with_the_same_bytes(digits):
+@pytest.fixture(scope="module")
+def digits_tflite(digits):
+    """(fp32, int8) .tflite artifacts of the digits CNN: litert-torch takes seconds per conversion, so once."""
     model = digits.build_model().eval()
-    fp32 = build_artifact(model, CompressionPlan(quant="fp32"), digits, format="tflite")
-    int8 = build_artifact(model, CompressionPlan(quant="int8"), digits, format="tflite")
+    return tuple(build_artifact(model, CompressionPlan(quant=q), digits, format="tflite") for q in ("fp32", "int8"))
+
+
+def test_tflite_export_is_scored_on_the_host_with_the_same_bytes(digits, digits_tflite):
+    model = digits.build_model().eval()
+    fp32, int8 = digits_tflite
     assert fp32.format == int8.format == "tflite" and fp32.data[4:8] == int8.data[4:8] == b"TFL3"
     assert int8.size_bytes * 2.5 < fp32.size_bytes  # int8 weights, not float ones
     onnx_accuracy = evaluate_artifact(build_artifact(model, CompressionPlan(), digits), digits, limit=300)
@@ -205,10 +211,10 @@ def test_tflite_export_is_scored_on_the_host_with_the_same_bytes(digits):
         build_artifact(model, CompressionPlan(quant="fp16"), digits, format="tflite")
 
 
-def test_agent_tflite_runner_uses_xnnpack_with_num_threads(tmp_path, digits):
+def test_agent_tflite_runner_uses_xnnpack_with_num_threads(tmp_path, digits_tflite):
     """The agent's runner, in its own process: LiteRT applies the XNNPACK delegate by default and says so on stderr."""
     model = tmp_path / "digits.tflite"
-    build_artifact(digits.build_model(), CompressionPlan(quant="int8"), digits, format="tflite").write(model)
+    digits_tflite[1].write(model)
     agent = Path(__file__).parents[1] / "device_agent"
     code = ("from edgecompress_agent import runtimes; import sys\n"
             "r = runtimes.load(sys.argv[1], 'tflite', threads=2)\n"
