@@ -76,6 +76,12 @@ def main() -> None:
     overall = statistics.fmean(agent_means) / statistics.fmean(plain_means)
     print(f"ratio of means (agent / plain): {overall:.3f}; per-round median {statistics.median(ratios):.3f}, "
           f"range {min(ratios):.3f}-{max(ratios):.3f}")
+    for label, means in (("agent", agent_means), ("plain", plain_means)):
+        median = statistics.median(means)
+        spread = (max(means) - min(means)) / median
+        print(f"{label}: median of {len(means)} means {median:.2f} ms, range {min(means):.2f}-{max(means):.2f} ms "
+              f"({100 * spread:.0f}% of the median), coefficient of variation "
+              f"{100 * statistics.stdev(means) / statistics.fmean(means):.1f}%")
 
 
 if __name__ == "__main__":
