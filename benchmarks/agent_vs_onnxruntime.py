@@ -25,8 +25,15 @@ from edgecompress.zoo import resnet18
 
 def export_resnet18() -> bytes:
     buffer = io.BytesIO()
-    torch.onnx.export(resnet18(), (torch.randn(1, 3, 224, 224),), buffer, opset_version=17, dynamo=False,
-                      input_names=["input"], output_names=["logits"])
+    torch.onnx.export(
+        resnet18(),
+        (torch.randn(1, 3, 224, 224),),
+        buffer,
+        opset_version=17,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+    )
     return buffer.getvalue()
 
 
@@ -60,8 +67,9 @@ def main() -> None:
             handle.write(data)
         session = Session(LocalTransport(cache_dir=f"{tmp}/cache"))
         sha = session.put_model(data)
-        spec = MeasureRequest(runs=args.runs, min_seconds=0, warmup_runs=args.warmup, warmup_seconds=0,
-                              threads=args.threads)
+        spec = MeasureRequest(
+            runs=args.runs, min_seconds=0, warmup_runs=args.warmup, warmup_seconds=0, threads=args.threads
+        )
         print(f"ResNet-18 224x224, {len(data) / 1e6:.1f} MB, {args.threads} threads, {args.runs} runs per side")
         print(f"{'round':>5} {'agent mean ms':>14} {'plain mean ms':>14} {'ratio':>7}")
         ratios, agent_means, plain_means = [], [], []
@@ -74,14 +82,18 @@ def main() -> None:
             print(f"{round_index:>5} {agent_ms:>14.2f} {plain_ms:>14.2f} {ratios[-1]:>7.3f}")
         session.close()
     overall = statistics.fmean(agent_means) / statistics.fmean(plain_means)
-    print(f"ratio of means (agent / plain): {overall:.3f}; per-round median {statistics.median(ratios):.3f}, "
-          f"range {min(ratios):.3f}-{max(ratios):.3f}")
+    print(
+        f"ratio of means (agent / plain): {overall:.3f}; per-round median {statistics.median(ratios):.3f}, "
+        f"range {min(ratios):.3f}-{max(ratios):.3f}"
+    )
     for label, means in (("agent", agent_means), ("plain", plain_means)):
         median = statistics.median(means)
         spread = (max(means) - min(means)) / median
-        print(f"{label}: median of {len(means)} means {median:.2f} ms, range {min(means):.2f}-{max(means):.2f} ms "
-              f"({100 * spread:.0f}% of the median), coefficient of variation "
-              f"{100 * statistics.stdev(means) / statistics.fmean(means):.1f}%")
+        print(
+            f"{label}: median of {len(means)} means {median:.2f} ms, range {min(means):.2f}-{max(means):.2f} ms "
+            f"({100 * spread:.0f}% of the median), coefficient of variation "
+            f"{100 * statistics.stdev(means) / statistics.fmean(means):.1f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,20 @@ def export(name: str, path: Path, wider: bool = False) -> Path:
 
 
 def check(model: Path, history: Path, result_path: Path, device: str, extra: list[str]) -> dict:
-    command = [sys.executable, "-m", "edgecompress", "check", str(model), "--device", device,
-               "--history", str(history), "--json", str(result_path), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "edgecompress",
+        "check",
+        str(model),
+        "--device",
+        device,
+        "--history",
+        str(history),
+        "--json",
+        str(result_path),
+        *extra,
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode not in (0, 1) or not result_path.exists():
         raise SystemExit(f"check exited {done.returncode}: {done.stderr.strip()}")
@@ -55,15 +67,22 @@ def describe(label: str, result: dict) -> tuple[str, float | None, bool]:
     regression = result["regressions"][0]
     r = regression.get("result")
     over = "alternating rounds" if r and r["method"] == "paired" else "baseline run(s)"
-    figures = "no baseline" if r is None else (
-        f"ratio {r['ratio']:.3f} (CI {r['ci_low']:.3f}-{r['ci_high']:.3f} over {r.get('baseline_runs') or 1} {over}, "
-        f"p={r['p_value']:.2g})")
+    figures = (
+        "no baseline"
+        if r is None
+        else (
+            f"ratio {r['ratio']:.3f} (CI {r['ci_low']:.3f}-{r['ci_high']:.3f} "
+            f"over {r.get('baseline_runs') or 1} {over}, p={r['p_value']:.2g})"
+        )
+    )
     again = " after a re-measurement" if "suspected" in result["extra"] else ""
     if "side_by_side" in result["extra"]:
         first = result["extra"]["side_by_side"]["first"][0]["result"]["ratio"]
         again = f" (first measurement: ratio {first:.3f}, re-measured side by side)"
-    line = (f"{label}: p50 {result['latency']['p50_ms']:.3f} ms, n={result['latency']['count']}, {figures}: "
-            f"{regression['status']}{again}")
+    line = (
+        f"{label}: p50 {result['latency']['p50_ms']:.3f} ms, n={result['latency']['count']}, {figures}: "
+        f"{regression['status']}{again}"
+    )
     return line, None if r is None else r["ratio"], regression["status"] == "fail"
 
 
@@ -89,8 +108,11 @@ def main() -> int:
             regressions += failed
         elapsed = time.monotonic() - started
         spread = f"ratios {min(ratios):.3f}-{max(ratios):.3f}" if ratios else "no ratios"
-        print(f"{args.model} on {args.device}: {args.runs_of_check} checks in {elapsed:.0f} s, {spread}, "
-              f"{regressions} reported a regression", flush=True)
+        print(
+            f"{args.model} on {args.device}: {args.runs_of_check} checks in {elapsed:.0f} s, {spread}, "
+            f"{regressions} reported a regression",
+            flush=True,
+        )
         caught = True
         if args.then_wider:
             wider = export(args.model, work / "wider" / f"{args.model}.onnx", wider=True)

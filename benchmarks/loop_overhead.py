@@ -47,14 +47,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
-    print("| run | candidates | build s | host eval s | transfer s | measure s (load, timed window) | per trial s | "
-          "device busy | run wall |")
+    print(
+        "| run | candidates | build s | host eval s | transfer s | measure s (load, timed window) | per trial s | "
+        "device busy | run wall |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in args.runs:
         s = summarize(run)
-        print(f"| {run.name} | {s['candidates']} | {s['build_s']:.2f} | {s['eval_s']:.2f} | {s['transfer_s']:.3f} | "
-              f"{s['measure_s']:.2f} ({s['load_s']:.2f}, {s['window_s']:.2f}) | {s['trial_s']:.2f} | "
-              f"{100 * s['busy_fraction']:.0f}% | {s['wall_min']:.1f} min |")
+        print(
+            f"| {run.name} | {s['candidates']} | {s['build_s']:.2f} | {s['eval_s']:.2f} | {s['transfer_s']:.3f} | "
+            f"{s['measure_s']:.2f} ({s['load_s']:.2f}, {s['window_s']:.2f}) | {s['trial_s']:.2f} | "
+            f"{100 * s['busy_fraction']:.0f}% | {s['wall_min']:.1f} min |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ PROBABILITIES = (1e-3, 1e-6, 1e-9)
 
 def errors(name: str, n: int, seeds: int) -> dict[str, dict[float, np.ndarray]]:
     dist = TAILS[name]
-    out: dict[str, dict[float, list[float]]] = {"mbpta-cv": {p: [] for p in PROBABILITIES},
-                                                "block-maxima": {p: [] for p in PROBABILITIES}}
+    out: dict[str, dict[float, list[float]]] = {
+        "mbpta-cv": {p: [] for p in PROBABILITIES},
+        "block-maxima": {p: [] for p in PROBABILITIES},
+    }
     for seed in range(seeds):
         x = dist.rvs(size=n, random_state=np.random.default_rng(seed))
         tail = mbpta_cv(x)
@@ -46,7 +48,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000])
     args = parser.parse_args()
-    print("| tail | n | estimator | " + " | ".join(f"error @{p:g}: median [p5, p95] worst" for p in PROBABILITIES) + " |")
+    print(
+        "| tail | n | estimator | " + " | ".join(f"error @{p:g}: median [p5, p95] worst" for p in PROBABILITIES) + " |"
+    )
     print("|---|---|---|" + "---|" * len(PROBABILITIES))
     for name in TAILS:
         for n in args.sizes:
@@ -55,8 +59,9 @@ def main() -> None:
                 for p in PROBABILITIES:
                     e = by_p[p]
                     worst = e[np.argmax(np.abs(e))]
-                    cells.append(f"{np.median(e):+.3f} [{np.percentile(e, 5):+.3f}, {np.percentile(e, 95):+.3f}] "
-                                 f"{worst:+.3f}")
+                    cells.append(
+                        f"{np.median(e):+.3f} [{np.percentile(e, 5):+.3f}, {np.percentile(e, 95):+.3f}] {worst:+.3f}"
+                    )
                 print(f"| {name} | {n} | {method} | " + " | ".join(cells) + " |", flush=True)
 
 

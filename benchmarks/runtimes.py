@@ -53,12 +53,17 @@ def main() -> int:
             build_s = time.perf_counter() - t0
             accuracy = evaluate_artifact(artifact, workload, limit=args.val_limit)
             artifacts[(fmt, quant)] = (artifact, build_s, accuracy)
-            print(f"built {fmt} {quant}: {artifact.size_bytes} bytes in {build_s:.1f} s, accuracy {accuracy:.4f}",
-                  file=sys.stderr)
+            print(
+                f"built {fmt} {quant}: {artifact.size_bytes} bytes in {build_s:.1f} s, accuracy {accuracy:.4f}",
+                file=sys.stderr,
+            )
 
     # The local agent, timing like the built-in local profile but with fixed threads and no power sampling.
-    profile = DeviceProfile(name="local", measure=MeasureSettings(runs=args.runs, min_seconds=0.5, max_seconds=30),
-                            power=PowerSettings(source="none"))
+    profile = DeviceProfile(
+        name="local",
+        measure=MeasureSettings(runs=args.runs, min_seconds=0.5, max_seconds=30),
+        power=PowerSettings(source="none"),
+    )
     rows: dict[tuple[str, str], list[dict[str, float]]] = {key: [] for key in artifacts}
     with open_session(profile) as session:
         hello = session.hello()
@@ -67,14 +72,17 @@ def main() -> int:
             for key, (artifact, _, _) in artifacts.items():
                 spec = measure_request(profile, runtime=artifact.runtime, threads=args.threads)
                 stats = observe(session, shas[key], artifact.size_bytes, spec).latency
-                rows[key].append({"mean_ms": stats.mean_ms, "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms,
-                                  "count": stats.count})
+                rows[key].append(
+                    {"mean_ms": stats.mean_ms, "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms, "count": stats.count}
+                )
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     versions = {rt["name"]: rt.get("version") for rt in hello.get("runtimes") or []}
-    print(f"\n{workload.name}, {args.threads} thread(s), {args.rounds} rounds x >= {args.runs} runs, "
-          f"{platform.processor() or platform.machine()}, onnxruntime {versions.get('onnxruntime')}, "
-          f"TFLite ({(hello.get('runtimes') or [{}])[-1].get('module', 'tflite')}) {versions.get('tflite')}\n")
+    print(
+        f"\n{workload.name}, {args.threads} thread(s), {args.rounds} rounds x >= {args.runs} runs, "
+        f"{platform.processor() or platform.machine()}, onnxruntime {versions.get('onnxruntime')}, "
+        f"TFLite ({(hello.get('runtimes') or [{}])[-1].get('module', 'tflite')}) {versions.get('tflite')}\n"
+    )
     print("| runtime | format | size (KB) | host accuracy | mean (ms) | p50 (ms) | p99 (ms) | mean range over rounds |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     result = []
@@ -83,14 +91,28 @@ def main() -> int:
         med = {k: statistics.median(r[k] for r in runs) for k in ("mean_ms", "p50_ms", "p99_ms")}
         lo, hi = min(r["mean_ms"] for r in runs), max(r["mean_ms"] for r in runs)
         runtime = "ONNX Runtime" if fmt == "onnx" else "TFLite (XNNPACK)"
-        print(f"| {runtime} | {quant} | {artifact.size_bytes / 1024:.1f} | {accuracy:.4f} | {med['mean_ms']:.4f} | "
-              f"{med['p50_ms']:.4f} | {med['p99_ms']:.4f} | {lo:.4f}-{hi:.4f} |")
-        result.append({"format": fmt, "quant": quant, "size_bytes": artifact.size_bytes, "accuracy": accuracy,
-                       "build_s": build_s, "rounds": runs, **med})
+        print(
+            f"| {runtime} | {quant} | {artifact.size_bytes / 1024:.1f} | {accuracy:.4f} | {med['mean_ms']:.4f} | "
+            f"{med['p50_ms']:.4f} | {med['p99_ms']:.4f} | {lo:.4f}-{hi:.4f} |"
+        )
+        result.append(
+            {
+                "format": fmt,
+                "quant": quant,
+                "size_bytes": artifact.size_bytes,
+                "accuracy": accuracy,
+                "build_s": build_s,
+                "rounds": runs,
+                **med,
+            }
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"workload": workload.name, "threads": args.threads, "versions": versions, "rows": result},
-                      handle, indent=2)
+            json.dump(
+                {"workload": workload.name, "threads": args.threads, "versions": versions, "rows": result},
+                handle,
+                indent=2,
+            )
     return 0
 
 

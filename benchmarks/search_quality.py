@@ -43,10 +43,20 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> 
     per_round = max(1, args.measurements // rounds - (1 if rounds > 1 else 0))
     settings = dict(METHODS[method])
     config = TuneConfig(
-        example=args.example, arch=args.arch, budgets=[f"{args.metric}<={budget}x"], rounds=rounds,
-        trials_per_round=per_round, seed=seed, finetune_steps=args.finetune_steps, val_limit=args.val_limit,
-        runs=args.runs, min_seconds=args.min_seconds, tradeoff_lambda=args.tradeoff_lambda, drift_wait_s=5.0,
-        name=f"{method}-{budget}-{seed}", **settings,
+        example=args.example,
+        arch=args.arch,
+        budgets=[f"{args.metric}<={budget}x"],
+        rounds=rounds,
+        trials_per_round=per_round,
+        seed=seed,
+        finetune_steps=args.finetune_steps,
+        val_limit=args.val_limit,
+        runs=args.runs,
+        min_seconds=args.min_seconds,
+        tradeoff_lambda=args.tradeoff_lambda,
+        drift_wait_s=5.0,
+        name=f"{method}-{budget}-{seed}",
+        **settings,
     )
     out = args.out / f"{method}-b{budget}-s{seed}"
     started = time.perf_counter()
@@ -54,26 +64,45 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> 
     wall_s = time.perf_counter() - started
     results = json.loads((out / "results.json").read_text())
     final = results.get("final") or {}
-    return {"method": method, "budget": budget, "seed": seed, "met": bool(final.get("met")),
-            "accuracy": final.get("accuracy") if final.get("met") else None,
-            "base_accuracy": results["base"]["candidate"]["accuracy"], "measurements": device_measurements(results),
-            "wall_s": wall_s, "run_dir": str(result.run_dir)}
+    return {
+        "method": method,
+        "budget": budget,
+        "seed": seed,
+        "met": bool(final.get("met")),
+        "accuracy": final.get("accuracy") if final.get("met") else None,
+        "base_accuracy": results["base"]["candidate"]["accuracy"],
+        "measurements": device_measurements(results),
+        "wall_s": wall_s,
+        "run_dir": str(result.run_dir),
+    }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| budget | method | best feasible accuracy (mean ± sd over met seeds) | met | device measurements | "
-             "wall time per run |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| budget | method | best feasible accuracy (mean ± sd over met seeds) | met | device measurements | "
+        "wall time per run |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for budget in sorted({r["budget"] for r in rows}, reverse=True):
         for method in METHODS:
             group = [r for r in rows if r["budget"] == budget and r["method"] == method]
             if not group:
                 continue
             accs = [100 * r["accuracy"] for r in group if r["met"]]
-            acc = "—" if not accs else (f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}"
-                                        if len(accs) > 1 else f"{accs[0]:.2f}")
-            lines.append(f"| {budget}x | {method} | {acc} | {len(accs)}/{len(group)} | "
-                         f"{statistics.fmean(r['measurements'] for r in group):.0f} | "
-                         f"{statistics.fmean(r['wall_s'] for r in group) / 60:.1f} min |")
+            acc = (
+                "—"
+                if not accs
+                else (
+                    f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+                    if len(accs) > 1
+                    else f"{accs[0]:.2f}"
+                )
+            )
+            lines.append(
+                f"| {budget}x | {method} | {acc} | {len(accs)}/{len(group)} | "
+                f"{statistics.fmean(r['measurements'] for r in group):.0f} | "
+                f"{statistics.fmean(r['wall_s'] for r in group) / 60:.1f} min |"
+            )
     return "\n".join(lines)
 
 

@@ -33,8 +33,9 @@ SIZES = {"1 MB": 1_000_000, "20 MB": 20_000_000}
 ROUND_TRIPS = 30
 
 
-def measure_link(make_profile: Callable[[Path], DeviceProfile], models: dict[str, list[bytes]], reps: int,
-                 workdir: Path) -> dict[str, list[float]]:
+def measure_link(
+    make_profile: Callable[[Path], DeviceProfile], models: dict[str, list[bytes]], reps: int, workdir: Path
+) -> dict[str, list[float]]:
     """All the timings for one kind of link, ``reps`` times, each from an empty agent cache."""
     out: dict[str, list[float]] = defaultdict(list)
     for rep in range(reps):
@@ -87,11 +88,16 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        models = {label: [dense_onnx(root / f"m{label[:-3]}-{rep}.onnx", size, seed=rep).read_bytes()
-                          for rep in range(args.reps)] for label, size in SIZES.items()}
+        models = {
+            label: [
+                dense_onnx(root / f"m{label[:-3]}-{rep}.onnx", size, seed=rep).read_bytes() for rep in range(args.reps)
+            ]
+            for label, size in SIZES.items()
+        }
         server = start_sshd(root / "sshd")
         proxy = TcpProxy(("127.0.0.1", server.port), delay_s=0.005, rate_bytes_s=2.5e6)
         try:
+
             def local(folder: Path) -> DeviceProfile:
                 return DeviceProfile(name="local", transport="local", cache_dir=str(folder / "cache"))
 
@@ -102,7 +108,8 @@ def main() -> None:
                 path = trusted_device(server, folder)
                 path.write_text(path.read_text().replace(f"port = {server.port}", f"port = {proxy.port}"))
                 (folder / "known_hosts").write_text(
-                    server.known_hosts_line().replace(f":{server.port} ", f":{proxy.port} "))
+                    server.known_hosts_line().replace(f":{server.port} ", f":{proxy.port} ")
+                )
                 return resolve_device(str(path))
 
             links = {"local": local, "SSH loopback": ssh}
@@ -121,8 +128,9 @@ def main() -> None:
     for metric in metrics:
         cells = []
         for values in (r.get(metric) for r in results.values()):
-            cells.append(f"{_fmt(statistics.median(values))} [{_fmt(min(values))}-{_fmt(max(values))}]"
-                         if values else "-")
+            cells.append(
+                f"{_fmt(statistics.median(values))} [{_fmt(min(values))}-{_fmt(max(values))}]" if values else "-"
+            )
         print(f"| {metric} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

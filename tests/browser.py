@@ -16,9 +16,18 @@ from typing import Any
 
 import websocket
 
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-allow-origins=*", "--remote-debugging-port=0")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-allow-origins=*",
+    "--remote-debugging-port=0",
+)
 TIMEOUT_S = 60
 
 
@@ -38,17 +47,21 @@ class Browser:
         if path is None:
             raise RuntimeError("chromium is not installed (.ci/run installs Debian's chromium)")
         self._profile = tempfile.TemporaryDirectory(prefix="ec-chromium-")
-        self.process = subprocess.Popen([path, *FLAGS, f"--user-data-dir={self._profile.name}",
-                                         f"--window-size={width},{height}", "about:blank"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [path, *FLAGS, f"--user-data-dir={self._profile.name}", f"--window-size={width},{height}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             port = self._devtools_port()
             # The loopback endpoint, never through a proxy from the environment.
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
             targets = json.loads(opener.open(f"http://127.0.0.1:{port}/json/list", timeout=TIMEOUT_S).read())
             page = next(t for t in targets if t.get("type") == "page")
-            self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=TIMEOUT_S,
-                                                  suppress_origin=True, http_no_proxy=["127.0.0.1"])
+            self.ws = websocket.create_connection(
+                page["webSocketDebuggerUrl"], timeout=TIMEOUT_S, suppress_origin=True, http_no_proxy=["127.0.0.1"]
+            )
         except BaseException:
             self.close()
             raise
@@ -128,8 +141,12 @@ class Browser:
         """The whole page, not only the viewport."""
         height = int(self.evaluate("document.documentElement.scrollHeight"))
         width = int(self.evaluate("document.documentElement.scrollWidth"))
-        shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                         clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1})
+        shot = self.call(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+        )
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
 

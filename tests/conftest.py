@@ -19,16 +19,28 @@ def export_onnx(model: nn.Module, shape: tuple[int, ...], opset: int = 17) -> by
     """A real ONNX file of a torch model (TorchScript exporter: it honours low opsets)."""
     buffer = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(model.eval(), (torch.randn(*shape),), buffer, opset_version=opset, dynamo=False,
-                          input_names=["input"], output_names=["logits"])
+        torch.onnx.export(
+            model.eval(),
+            (torch.randn(*shape),),
+            buffer,
+            opset_version=opset,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+        )
     return buffer.getvalue()
 
 
 def tiny_convnet(width: int = 8) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10),
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, 10),
     ).eval()
 
 
@@ -50,8 +62,13 @@ def agent_env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture()
 def agent_process(agent_env: dict[str, str]):
     """A live agent speaking the protocol on pipes."""
-    process = subprocess.Popen([sys.executable, "-m", "edgecompress_agent", "serve"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=agent_env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecompress_agent", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=agent_env,
+    )
     yield process
     if process.poll() is None:
         process.kill()

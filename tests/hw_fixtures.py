@@ -53,8 +53,12 @@ AGX_ORIN_W = 19000 * 500 / 1e6 + 19000 * 300 / 1e6 + 5000 * 1000 / 1e6 + 1800 * 
 
 
 def agx_orin(root: Path) -> Path:
-    _hwmon(root, "1-0040", "hwmon2", {1: ("VDD_GPU_SOC", 19000, 500), 2: ("VDD_CPU_CV", 19000, 300),
-                                      3: ("VIN_SYS_5V0", 5000, 1000)})
+    _hwmon(
+        root,
+        "1-0040",
+        "hwmon2",
+        {1: ("VDD_GPU_SOC", 19000, 500), 2: ("VDD_CPU_CV", 19000, 300), 3: ("VIN_SYS_5V0", 5000, 1000)},
+    )
     _hwmon(root, "1-0041", "hwmon3", {1: ("NC", 0, 0), 2: ("VDDQ_VDD2_1V8AO", 1800, 100), 3: ("NC", 0, 0)})
     return root
 
@@ -64,8 +68,9 @@ NANO_W = 2.345
 
 def nano_jp4(root: Path) -> Path:
     base = root / "sys/bus/i2c/drivers/ina3221x/6-0040/iio:device0"
-    for k, (name, mv, ma, mw) in enumerate([("POM_5V_IN", 5000, 469, 2345), ("POM_5V_GPU", 5000, 40, 200),
-                                            ("POM_5V_CPU", 5000, 160, 800)]):
+    for k, (name, mv, ma, mw) in enumerate(
+        [("POM_5V_IN", 5000, 469, 2345), ("POM_5V_GPU", 5000, 40, 200), ("POM_5V_CPU", 5000, 160, 800)]
+    ):
         _write(base / f"rail_name_{k}", name)
         _write(base / f"in_voltage{k}_input", mv)
         _write(base / f"in_current{k}_input", ma)

@@ -36,8 +36,11 @@ def require_sshd() -> None:
 
 def keygen(path: Path, kind: str = "ed25519") -> Path:
     """A fresh unencrypted key pair at ``path`` / ``path.pub``."""
-    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "edgecompress-test", "-f", str(path)],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "edgecompress-test", "-f", str(path)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return path
 
 
@@ -125,8 +128,9 @@ class SshServer:
                 self.process.wait()
 
 
-def start_sshd(root: Path, address: str = "127.0.0.1", port: int | None = None,
-               wrapper: tuple[str, ...] = ()) -> SshServer:
+def start_sshd(
+    root: Path, address: str = "127.0.0.1", port: int | None = None, wrapper: tuple[str, ...] = ()
+) -> SshServer:
     """Start ``sshd -D -e`` (on a free loopback port unless told otherwise) and wait for it to say it listens.
 
     ``wrapper`` prefixes the command, e.g. ``("ip", "netns", "exec", name)`` to run it in a network namespace.
@@ -145,15 +149,34 @@ def start_sshd(root: Path, address: str = "127.0.0.1", port: int | None = None,
     for _ in range(5):  # the free port may be taken between free_port() and bind(): try another
         chosen = port or free_port()
         config = root / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {chosen}", f"ListenAddress {address}", f"HostKey {host_key}", f"PidFile {root / 'sshd.pid'}",
-            f"AuthorizedKeysFile {authorized}", "StrictModes no", "PubkeyAuthentication yes",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
-            "PermitRootLogin prohibit-password", "AllowTcpForwarding yes", "Subsystem sftp internal-sftp",
-            "LogLevel VERBOSE", "MaxStartups 50", "",
-        ]))
-        process = subprocess.Popen([*wrapper, SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {chosen}",
+                    f"ListenAddress {address}",
+                    f"HostKey {host_key}",
+                    f"PidFile {root / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {authorized}",
+                    "StrictModes no",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "PermitRootLogin prohibit-password",
+                    "AllowTcpForwarding yes",
+                    "Subsystem sftp internal-sftp",
+                    "LogLevel VERBOSE",
+                    "MaxStartups 50",
+                    "",
+                ]
+            )
+        )
+        process = subprocess.Popen(
+            [*wrapper, SSHD, "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         assert process.stderr is not None
         log: deque[str] = deque(maxlen=200)
         listening = threading.Event()
@@ -169,8 +192,15 @@ def start_sshd(root: Path, address: str = "127.0.0.1", port: int | None = None,
         threading.Thread(target=drain, daemon=True).start()
         listening.wait(timeout=30)
         if process.poll() is None and any("Server listening" in line for line in log):
-            return SshServer(root=root, port=chosen, process=process, host_key=host_key, client_key=client_key, log=log,
-                             address=address)
+            return SshServer(
+                root=root,
+                port=chosen,
+                process=process,
+                host_key=host_key,
+                client_key=client_key,
+                log=log,
+                address=address,
+            )
         process.kill()
         process.wait()
         last_error = " | ".join(list(log)[-3:])
@@ -185,18 +215,54 @@ def write_profile(server: SshServer, folder: Path, name: str = "loopback", **ssh
     ssh_config = folder / "ssh_config"
     if not ssh_config.exists():
         ssh_config.write_text("Host *\n    IdentitiesOnly yes\n")
-    fields = {"host": server.address, "port": server.port, "user": getpass.getuser(),
-              "identity_file": str(server.client_key), "allow_agent": False, "config_file": str(ssh_config),
-              "known_hosts": str(known_hosts), "connect_timeout_s": 10.0, **ssh}
-    lines = [f'name = "{name}"', 'transport = "ssh"', f'python = "{sys.executable}"',
-             f'cache_dir = "{folder / "device-cache"}"', "", "[ssh]"]
+    fields = {
+        "host": server.address,
+        "port": server.port,
+        "user": getpass.getuser(),
+        "identity_file": str(server.client_key),
+        "allow_agent": False,
+        "config_file": str(ssh_config),
+        "known_hosts": str(known_hosts),
+        "connect_timeout_s": 10.0,
+        **ssh,
+    }
+    lines = [
+        f'name = "{name}"',
+        'transport = "ssh"',
+        f'python = "{sys.executable}"',
+        f'cache_dir = "{folder / "device-cache"}"',
+        "",
+        "[ssh]",
+    ]
     for key, value in fields.items():
         if value is None:
             continue
-        lines.append(f"{key} = " + ("true" if value is True else "false" if value is False
-                                    else repr(value) if isinstance(value, int | float) else f'"{value}"'))
-    lines += ["", "[runtime]", 'name = "onnxruntime"', "threads = 1", "", "[measure]", "warmup_runs = 2",
-              "warmup_seconds = 0.0", "runs = 20", "min_seconds = 0.0", "max_seconds = 10.0", ""]
+        lines.append(
+            f"{key} = "
+            + (
+                "true"
+                if value is True
+                else "false"
+                if value is False
+                else repr(value)
+                if isinstance(value, int | float)
+                else f'"{value}"'
+            )
+        )
+    lines += [
+        "",
+        "[runtime]",
+        'name = "onnxruntime"',
+        "threads = 1",
+        "",
+        "[measure]",
+        "warmup_runs = 2",
+        "warmup_seconds = 0.0",
+        "runs = 20",
+        "min_seconds = 0.0",
+        "max_seconds = 10.0",
+        "",
+    ]
     path = folder / f"{name}.toml"
     path.write_text("\n".join(lines))
     return path
@@ -215,6 +281,7 @@ def trusted_device(server: SshServer, folder: Path) -> Path:
     (folder / "known_hosts").write_text(server.known_hosts_line())
     return path
 
+
 def dense_onnx(path: Path, size_bytes: int = 64 * 1024, features: int = 64, seed: int = 0) -> Path:
     """A valid ONNX model of about ``size_bytes`` (x @ W, then a sum), to measure and to upload."""
     import numpy as np
@@ -225,8 +292,11 @@ def dense_onnx(path: Path, size_bytes: int = 64 * 1024, features: int = 64, seed
     weight = np.random.default_rng(seed).standard_normal((features, columns), dtype=np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("ReduceSum", ["h"], ["y"], keepdims=1)],
-        "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], [numpy_helper.from_array(weight, "w")])
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(weight, "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(path))

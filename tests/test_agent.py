@@ -193,11 +193,17 @@ def test_cache_is_bounded(tmp_path):
 
 
 def test_agent_cli_info_and_bench(agent_env, tiny_onnx):
-    info = subprocess.run([sys.executable, "-m", "edgecompress_agent", "info"], env=agent_env, capture_output=True,
-                          text=True, check=True)
+    info = subprocess.run(
+        [sys.executable, "-m", "edgecompress_agent", "info"], env=agent_env, capture_output=True, text=True, check=True
+    )
     assert '"agent_version"' in info.stdout
-    bench = subprocess.run([sys.executable, "-m", "edgecompress_agent", "bench", str(tiny_onnx), "--runs", "5",
-                            "--min-seconds", "0"], env=agent_env, capture_output=True, text=True, check=True)
+    bench = subprocess.run(
+        [sys.executable, "-m", "edgecompress_agent", "bench", str(tiny_onnx), "--runs", "5", "--min-seconds", "0"],
+        env=agent_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "p99" in bench.stdout and "mean" in bench.stdout
 
 

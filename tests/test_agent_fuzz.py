@@ -19,12 +19,31 @@ from edgecompress_agent.protocol import MAX_PAYLOAD_BYTES, encode_frame, read_fr
 from edgecompress_agent.server import Agent
 
 OPS = ["hello", "has_model", "put_model", "measure", "validate", "bye", "nope", "", "HELLO"]
-FIELDS = ["id", "op", "sha256", "size", "offset", "runs", "runtime", "threads", "providers", "inputs",
-          "warmup_runs", "min_seconds", "max_seconds", "affinity", "input_shapes", "protocol"]
+FIELDS = [
+    "id",
+    "op",
+    "sha256",
+    "size",
+    "offset",
+    "runs",
+    "runtime",
+    "threads",
+    "providers",
+    "inputs",
+    "warmup_runs",
+    "min_seconds",
+    "max_seconds",
+    "affinity",
+    "input_shapes",
+    "protocol",
+]
 PING = {"id": "ping", "op": "has_model", "sha256": "0" * 64}
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=10,
@@ -75,17 +94,22 @@ class LiveAgent:
 
     def ensure(self) -> subprocess.Popen:
         if self.process is None or self.process.poll() is not None:
-            self.process = subprocess.Popen([sys.executable, "-m", "edgecompress_agent", "serve"],
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.DEVNULL, env=self.env)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "edgecompress_agent", "serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=self.env,
+            )
             self.starts += 1
         return self.process
 
 
 @pytest.fixture(scope="module")
 def live_agent(tmp_path_factory):
-    env = dict(os.environ, PYTHONPATH=str(agent_source_root()),
-               XDG_CACHE_HOME=str(tmp_path_factory.mktemp("fuzz-cache")))
+    env = dict(
+        os.environ, PYTHONPATH=str(agent_source_root()), XDG_CACHE_HOME=str(tmp_path_factory.mktemp("fuzz-cache"))
+    )
     live = LiveAgent(env)
     yield live
     if live.process is not None and live.process.poll() is None:

@@ -108,8 +108,9 @@ def test_size_is_compared_exactly():
 
 def test_budgets_as_a_list_or_a_table_read_the_same():
     as_list = parse_check_config('budgets = ["latency.p99<=20ms", "size<=2MB", "latency.mean<0.9x"]', "a.toml")
-    as_table = parse_check_config('[budgets]\n"latency.p99" = "20ms"\nsize = "2MB"\n"latency.mean" = "<0.9x"\n',
-                                  "b.toml")
+    as_table = parse_check_config(
+        '[budgets]\n"latency.p99" = "20ms"\nsize = "2MB"\n"latency.mean" = "<0.9x"\n', "b.toml"
+    )
     dotted = parse_check_config('[budgets]\nlatency.p99 = 20\nsize = 2000000\nlatency.mean = "0.9x"\n', "c.toml")
     keys = [(b.key, b.limit, b.relative) for b in as_list.budgets()]
     assert keys == [(b.key, b.limit, b.relative) for b in as_table.budgets()]
@@ -148,27 +149,48 @@ def test_tolerance_flags_and_merged_budgets():
 
 # -- budgets and verdicts from one measurement -----------------------------------------------------------------------
 
-HELLO = {"board": "test board", "agent_version": "0.1.0",
-         "runtimes": [{"name": "onnxruntime", "version": "1.20.0", "providers": ["CPUExecutionProvider"]}]}
+HELLO = {
+    "board": "test board",
+    "agent_version": "0.1.0",
+    "runtimes": [{"name": "onnxruntime", "version": "1.20.0", "providers": ["CPUExecutionProvider"]}],
+}
 
 
 def device_run(latencies_ms: np.ndarray, budgets=(), size_bytes: int = 50_000) -> DeviceRun:
-    measurement = Measurement(sha256="ab" * 32, latencies_ns=tuple(int(x * 1e6) for x in latencies_ms),
-                              load_ns=1_000_000, first_inference_ns=2_000_000,
-                              raw={"providers": ["CPUExecutionProvider"], "window_ns": int(latencies_ms.sum() * 1e6)})
+    measurement = Measurement(
+        sha256="ab" * 32,
+        latencies_ns=tuple(int(x * 1e6) for x in latencies_ms),
+        load_ns=1_000_000,
+        first_inference_ns=2_000_000,
+        raw={"providers": ["CPUExecutionProvider"], "window_ns": int(latencies_ms.sum() * 1e6)},
+    )
     stats = latency_stats(measurement)
     evidence = Evidence(size_bytes=size_bytes, measurement=measurement, extra={"_latency": stats})
-    observation = Observation(sha256=measurement.sha256, size_bytes=size_bytes,
-                              values=evaluate_metrics(evidence, budgets), latency=stats, measurement=measurement)
+    observation = Observation(
+        sha256=measurement.sha256,
+        size_bytes=size_bytes,
+        values=evaluate_metrics(evidence, budgets),
+        latency=stats,
+        measurement=measurement,
+    )
     return DeviceRun(observation=observation, hello=HELLO, started_utc="2026-01-01T02:00:00Z")
 
 
-def check(latencies_ms: np.ndarray, budget_texts_: list[str], baseline: Baseline | None = None,
-          device: str = "pi") -> CheckResult:
+def check(
+    latencies_ms: np.ndarray, budget_texts_: list[str], baseline: Baseline | None = None, device: str = "pi"
+) -> CheckResult:
     budgets = parse_budgets(budget_texts_)
-    return evaluate(device_run(latencies_ms, budgets), model="net.onnx", model_path="build/net.onnx", device=device,
-                    spec=MeasureRequest(), budgets=budgets, targets=budget_targets(budgets, baseline),
-                    regression=RegressionSettings(), baseline=baseline)
+    return evaluate(
+        device_run(latencies_ms, budgets),
+        model="net.onnx",
+        model_path="build/net.onnx",
+        device=device,
+        spec=MeasureRequest(),
+        budgets=budgets,
+        targets=budget_targets(budgets, baseline),
+        regression=RegressionSettings(),
+        baseline=baseline,
+    )
 
 
 def test_budget_outcomes_and_exit_codes():
@@ -213,8 +235,11 @@ def test_json_round_trip_and_baseline_files(tmp_path):
     path = tmp_path / "night.json"
     path.write_text(json.dumps(result.to_json()))
     base = load_baseline(path)
-    assert base.latencies_ns == result.latencies_ns and base.values == result.values and base.run_values == (
-        result.values,)
+    assert (
+        base.latencies_ns == result.latencies_ns
+        and base.values == result.values
+        and base.run_values == (result.values,)
+    )
     path.write_text(json.dumps({"model": "bench output, not a check"}))
     with pytest.raises(ConfigError, match="not an edgecompress check result"):
         load_baseline(path)
@@ -293,9 +318,12 @@ def test_side_by_side_confirmation_judges_the_two_models_measured_alternately():
     base = Baseline.from_result_json(check(sample_ms(2.0), []).to_json(), "night-1.json")
     disturbed = check(sample_ms(3.0), ["latency.p50<=5ms"], baseline=base)
     settings = RegressionSettings()
+
     def rounds(baseline_ms: list[float], current_ms: list[float]) -> list[tuple[list[int], list[int]]]:
-        return [([int(x * 1e6) for x in sample_ms(b, 100)], [int(x * 1e6) for x in sample_ms(c, 100)])
-                for b, c in zip(baseline_ms, current_ms, strict=True)]
+        return [
+            ([int(x * 1e6) for x in sample_ms(b, 100)], [int(x * 1e6) for x in sample_ms(c, 100)])
+            for b, c in zip(baseline_ms, current_ms, strict=True)
+        ]
 
     # The device is slower now for both models alike, and a burst of load hit one round: not the model's fault.
     cleared = confirm_side_by_side(disturbed, rounds([3.0, 3.0, 3.0, 3.0, 3.0], [3.0, 4.5, 3.0, 3.0, 3.0]), settings)

@@ -31,8 +31,9 @@ source = "none"
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgecompress", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecompress", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def suite_cases(path: Path) -> dict[str, object]:
@@ -64,20 +65,54 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def first_run(workspace: dict[str, Path], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The narrow model, passing its budgets: no baseline yet, so the regression test is skipped."""
     folder = workspace["folder"]
-    return run_cli("check", str(workspace["narrow"]), "--device", str(workspace["profile"]),
-                   "--config", str(workspace["config"]), "--budget", "latency.p99<=2s",
-                   "--history", str(folder / "history.jsonl"), "--junit", str(folder / "first.xml"),
-                   "--json", str(folder / "first.json"), "--markdown", str(folder / "first.md"), env=env)
+    return run_cli(
+        "check",
+        str(workspace["narrow"]),
+        "--device",
+        str(workspace["profile"]),
+        "--config",
+        str(workspace["config"]),
+        "--budget",
+        "latency.p99<=2s",
+        "--history",
+        str(folder / "history.jsonl"),
+        "--junit",
+        str(folder / "first.xml"),
+        "--json",
+        str(folder / "first.json"),
+        "--markdown",
+        str(folder / "first.md"),
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
 def slower_run(first_run, workspace: dict[str, Path], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The wide model under the narrow one's name, against the first run's JSON as baseline."""
     folder = workspace["folder"]
-    return run_cli("check", str(workspace["wide"]), "--name", "net.onnx", "--device", str(workspace["profile"]),
-                   "--runs", "40", "--min-seconds", "0.2", "--budget", "latency.p50<=1.5x",
-                   "--baseline", str(folder / "first.json"), "--history", str(folder / "history.jsonl"),
-                   "--junit", str(folder / "slower.xml"), "--markdown", str(folder / "slower.md"), env=env)
+    return run_cli(
+        "check",
+        str(workspace["wide"]),
+        "--name",
+        "net.onnx",
+        "--device",
+        str(workspace["profile"]),
+        "--runs",
+        "40",
+        "--min-seconds",
+        "0.2",
+        "--budget",
+        "latency.p50<=1.5x",
+        "--baseline",
+        str(folder / "first.json"),
+        "--history",
+        str(folder / "history.jsonl"),
+        "--junit",
+        str(folder / "slower.xml"),
+        "--markdown",
+        str(folder / "slower.md"),
+        env=env,
+    )
 
 
 def test_a_passing_check_exits_0_and_writes_every_report(first_run, workspace):
@@ -85,8 +120,12 @@ def test_a_passing_check_exits_0_and_writes_every_report(first_run, workspace):
     folder = workspace["folder"]
     cases = suite_cases(folder / "first.xml")
     # One case per budget (two from the config, one from the flag) and one for the regression test.
-    assert set(cases) == {"budget latency.p50<=500ms", "budget size<=1MB", "budget latency.p99<=2s",
-                          "regression latency.p50"}
+    assert set(cases) == {
+        "budget latency.p50<=500ms",
+        "budget size<=1MB",
+        "budget latency.p99<=2s",
+        "regression latency.p50",
+    }
     assert all(case.is_passed for name, case in cases.items() if name.startswith("budget"))
     regression = cases["regression latency.p50"]
     assert isinstance(regression.result[0], Skipped) and "no baseline" in regression.result[0].message
@@ -159,8 +198,9 @@ def test_an_unreachable_device_exits_3_with_an_error_case(workspace, env):
     folder = workspace["folder"]
     profile = folder / "gone.toml"
     profile.write_text('name = "gone"\ntransport = "local"\npython = "/nonexistent/bin/python3"\n')
-    result = run_cli("check", str(workspace["narrow"]), "--device", str(profile), "--junit", str(folder / "gone.xml"),
-                     env=env)
+    result = run_cli(
+        "check", str(workspace["narrow"]), "--device", str(profile), "--junit", str(folder / "gone.xml"), env=env
+    )
     assert result.returncode == 3, result.stderr
     assert "cannot start the agent" in result.stderr
     case = suite_cases(folder / "gone.xml")["device"]

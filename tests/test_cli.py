@@ -11,8 +11,13 @@ import pytest
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgecompress", *args], capture_output=True, text=True,
-                          env=env or dict(os.environ), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecompress", *args],
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        timeout=300,
+    )
 
 
 @pytest.fixture()

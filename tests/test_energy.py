@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hw_fixtures import ORIN_NANO_W, fake_vcgencmd, nano_jp4, on_path, orin_nano_jp6, throttled_calls
+
 from edgecompress.analysis import energy_stats, pool_energy
 from edgecompress.analysis._energy import energy_between
 from edgecompress.budgets import check_budgets_measurable, parse_budgets
@@ -16,7 +18,6 @@ from edgecompress.config import DeviceProfile, MeasureSettings, PowerSettings, T
 from edgecompress.device import Measurement, measure_request, open_session
 from edgecompress.errors import AgentError, BudgetError
 from edgecompress.observe import observe
-from hw_fixtures import ORIN_NANO_W, fake_vcgencmd, nano_jp4, on_path, orin_nano_jp6, throttled_calls
 
 QUICK = MeasureSettings(warmup_runs=2, warmup_seconds=0.0, runs=40, min_seconds=0.2, max_seconds=5.0)
 
@@ -31,8 +32,13 @@ def _ramp(kind: str) -> dict:
     t = np.linspace(0.0, 10.0, 101)
     watts = 2 + t
     values = watts if kind == "power" else 2 * t + t**2 / 2 + 7.0  # any offset: only differences count
-    return {"source": "test", "kind": kind, "partial": False, "t_ns": (t * 1e9).astype(int).tolist(),
-            "values": values.tolist()}
+    return {
+        "source": "test",
+        "kind": kind,
+        "partial": False,
+        "t_ns": (t * 1e9).astype(int).tolist(),
+        "values": values.tolist(),
+    }
 
 
 @pytest.mark.parametrize("kind", ["power", "energy"])
@@ -47,8 +53,12 @@ def test_a_trace_that_does_not_cover_the_window_is_refused():
 
 
 def _measurement(count: int, idle_w: float | None) -> Measurement:
-    raw = {"power_trace": _ramp("power"), "window_start_ns": int(2e9), "window_end_ns": int(6e9),
-           "idle_power_w": idle_w}
+    raw = {
+        "power_trace": _ramp("power"),
+        "window_start_ns": int(2e9),
+        "window_end_ns": int(6e9),
+        "idle_power_w": idle_w,
+    }
     return Measurement("0" * 64, tuple([1_000_000] * count), 0, 0, raw)
 
 
@@ -75,8 +85,13 @@ def test_pooling_is_total_energy_over_total_inferences():
 
 
 def _profile(tmp_path: Path, root: Path | None, **fields) -> DeviceProfile:
-    return DeviceProfile(name="fixture", cache_dir=str(tmp_path / "cache"), sysfs_root=str(root) if root else None,
-                         measure=QUICK, **{"power": PowerSettings(idle_seconds=0.1), **fields})
+    return DeviceProfile(
+        name="fixture",
+        cache_dir=str(tmp_path / "cache"),
+        sysfs_root=str(root) if root else None,
+        measure=QUICK,
+        **{"power": PowerSettings(idle_seconds=0.1), **fields},
+    )
 
 
 def test_agent_measures_power_on_a_fixture_orin_and_the_host_computes_energy(tmp_path, tiny_onnx):
@@ -125,8 +140,10 @@ def test_agent_measure_with_an_external_meter_command_in_joules(tmp_path, tiny_o
     counter = tmp_path / "joules"
     meter = tmp_path / "meter.sh"
     # A meter with a cumulative counter: 0.01 J more on every call.
-    meter.write_text(f"#!/bin/sh\nn=$(cat {counter} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {counter}\n"
-                     f"echo \"$n\" | awk '{{printf \"%.2f J\\n\", $1 / 100}}'\n")
+    meter.write_text(
+        f"#!/bin/sh\nn=$(cat {counter} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {counter}\n"
+        f'echo "$n" | awk \'{{printf "%.2f J\\n", $1 / 100}}\'\n'
+    )
     meter.chmod(0o755)
     profile = _profile(tmp_path, nano_jp4(tmp_path / "root"), power=PowerSettings(command=str(meter), idle_seconds=0.1))
     with open_session(profile) as session:
@@ -181,8 +198,9 @@ def test_confident_feasibility_measures_again_while_the_interval_straddles():
     parts = [(rng.normal(10, 1, 200) * 1e6).astype(int).tolist() for _ in range(4)]
     budgets = parse_budgets(["latency.mean<=10ms", "latency.p99<=100ms"])
     device = ScriptedDevice(parts)
-    obs = observe(device, "0" * 64, 1, None, budgets, thresholds={"latency.mean": 10.0, "latency.p99": 100.0},
-                  max_extra=2)
+    obs = observe(
+        device, "0" * 64, 1, None, budgets, thresholds={"latency.mean": 10.0, "latency.p99": 100.0}, max_extra=2
+    )
     confidence = obs.details["confidence"]
     assert device.calls == 3 and confidence["extra_measurements"] == 2
     assert confidence["straddled"] == ["latency.mean"] and confidence["extra_runs"] == 400
@@ -195,12 +213,28 @@ def test_confident_feasibility_measures_again_while_the_interval_straddles():
 def test_bench_prints_tail_and_energy_on_a_fixture_device(tmp_path, tiny_onnx):
     root = orin_nano_jp6(tmp_path / "root")
     toml = tmp_path / "orin.toml"
-    toml.write_text(f'name = "fixture-orin"\nsysfs_root = "{root}"\ncache_dir = "{tmp_path / "cache"}"\n'
-                    "[power]\nidle_seconds = 0.1\n")
-    command = [sys.executable, "-m", "edgecompress", "bench", str(tiny_onnx), "--device", str(toml), "--runs", "600",
-               "--min-seconds", "0", "--warmup-runs", "2"]
-    text = subprocess.run(command, capture_output=True, text=True, check=True, env={"COLUMNS": "200",
-                                                                                 "PATH": "/usr/bin:/bin"}).stdout
+    toml.write_text(
+        f'name = "fixture-orin"\nsysfs_root = "{root}"\ncache_dir = "{tmp_path / "cache"}"\n'
+        "[power]\nidle_seconds = 0.1\n"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "edgecompress",
+        "bench",
+        str(tiny_onnx),
+        "--device",
+        str(toml),
+        "--runs",
+        "600",
+        "--min-seconds",
+        "0",
+        "--warmup-runs",
+        "2",
+    ]
+    text = subprocess.run(
+        command, capture_output=True, text=True, check=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    ).stdout
     assert "p99" in text and "pWCET @1e-09/run" in text and "i.i.d." in text
     assert "mean power 6.000 W" in text
     data = json.loads(subprocess.run(command + ["--json"], capture_output=True, text=True, check=True).stdout)

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from edgecompress_agent import power
 from hw_fixtures import (
     AGX_ORIN_W,
     NANO_W,
@@ -22,6 +21,8 @@ from hw_fixtures import (
     rapl,
     set_rapl_energy,
 )
+
+from edgecompress_agent import power
 
 
 @pytest.fixture(autouse=True)

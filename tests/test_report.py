@@ -42,8 +42,9 @@ Array.from(document.querySelectorAll('.fig svg')).map(function (svg) {
 
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgecompress", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecompress", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,36 @@ def run_dir(tmp_path_factory, env) -> Path:
     out = tmp_path_factory.mktemp("tune") / "run"
     budgets = [arg for b in BUDGETS for arg in ("--budget", b)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgecompress", "tune", "--example", "digits", *budgets, "--rounds", "1",
-         "--trials-per-round", "3", "--runs", "40", "--min-seconds", "0.05", "--finetune-steps", "5",
-         "--val-limit", "200", "--seed", "3", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "edgecompress",
+            "tune",
+            "--example",
+            "digits",
+            *budgets,
+            "--rounds",
+            "1",
+            "--trials-per-round",
+            "3",
+            "--runs",
+            "40",
+            "--min-seconds",
+            "0.05",
+            "--finetune-steps",
+            "5",
+            "--val-limit",
+            "200",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert process.stdout is not None
     for line in process.stdout:
         if line.strip().startswith("#0"):  # the first trial finished: stop after the one in flight
@@ -88,11 +115,22 @@ def test_a_run_stopped_with_ctrl_c_still_writes_its_report(run_dir):
 def test_every_tune_run_writes_a_self_contained_report(run_dir):
     page = (run_dir / "report.html").read_text(encoding="utf-8")
     results = load_results(run_dir)
-    for anchor in ("summary", "search", "schedule", "progress", "latency", "energy", "plan", "rounds", "trials",
-                   "drift", "environment"):
+    for anchor in (
+        "summary",
+        "search",
+        "schedule",
+        "progress",
+        "latency",
+        "energy",
+        "plan",
+        "rounds",
+        "trials",
+        "drift",
+        "environment",
+    ):
         assert f'id="{anchor}"' in page
     # Nothing fetched from anywhere: no external scripts, styles, images or fonts.
-    assert not re.search(r'<(script|link|img|iframe)[^>]+(src|href)=', page)
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", page)
     assert "url(http" not in page and "@import" not in page
     assert page.count("<svg") >= sum(TUNE_FIGURES.values())
     assert "edgecompress tune --example digits" in page  # the exact command
@@ -187,8 +225,23 @@ def test_bench_and_check_write_the_same_style_of_page(run_dir, env, tmp_path, mo
     runner = CliRunner()  # in this process: the agent is still a real subprocess, without a second Python start-up
     done = runner.invoke(app, ["bench", str(model), "--runs", "60", "--min-seconds", "0.05", "--html", str(bench_page)])
     assert done.exit_code == 0, done.output
-    done = runner.invoke(app, ["check", str(model), "--device", "local", "--runs", "60", "--min-seconds", "0.05",
-                               "--budget", "size<=1MB", "--html", str(check_page)])
+    done = runner.invoke(
+        app,
+        [
+            "check",
+            str(model),
+            "--device",
+            "local",
+            "--runs",
+            "60",
+            "--min-seconds",
+            "0.05",
+            "--budget",
+            "size<=1MB",
+            "--html",
+            str(check_page),
+        ],
+    )
     assert done.exit_code == 0, done.output
     with Browser() as browser:
         for path, title in ((bench_page, "edgecompress bench"), (check_page, "edgecompress check")):
@@ -202,8 +255,13 @@ def test_bench_and_check_write_the_same_style_of_page(run_dir, env, tmp_path, mo
 
 def test_dashboard_serves_the_runs_studies(run_dir, env):
     pytest.importorskip("optuna_dashboard")
-    process = subprocess.Popen([sys.executable, "-m", "edgecompress", "dashboard", str(run_dir), "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecompress", "dashboard", str(run_dir), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert process.stdout is not None
         lines = []
@@ -224,8 +282,10 @@ def test_dashboard_serves_the_runs_studies(run_dir, env):
 
 def test_dashboard_without_the_package_says_how_to_install_it(run_dir, env):
     # The package made unimportable in this one process, as on a machine without the extra.
-    code = ("import sys; sys.modules['optuna_dashboard'] = None; sys.argv = ['edgecompress', 'dashboard', "
-            f"{str(run_dir)!r}]; from edgecompress.cli import main; main()")
+    code = (
+        "import sys; sys.modules['optuna_dashboard'] = None; sys.argv = ['edgecompress', 'dashboard', "
+        f"{str(run_dir)!r}]; from edgecompress.cli import main; main()"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2
     assert "optuna-dashboard is not installed; install it with: pip install optuna-dashboard" in done.stderr
@@ -244,8 +304,14 @@ def test_the_tail_figure_draws_the_pwcet_fit_when_there_is_one():
 def test_energy_is_drawn_where_it_was_measured(run_dir):
     results = copy.deepcopy(load_results(run_dir))
     assert "Energy was not measured" in _energy_section(results)  # the local device has no power source
-    energy = {"source": "rapl", "energy_mj": 2.5, "active_energy_mj": 1.0, "mean_power_w": 6.0,
-              "idle_power_w": 3.6, "partial": True}
+    energy = {
+        "source": "rapl",
+        "energy_mj": 2.5,
+        "active_energy_mj": 1.0,
+        "mean_power_w": 6.0,
+        "idle_power_w": 3.6,
+        "partial": True,
+    }
     results["base"]["observation"]["energy"] = energy
     for i, trial in enumerate(results["trials"]):
         if trial.get("values"):

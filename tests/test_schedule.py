@@ -24,11 +24,13 @@ def test_a_budget_the_base_already_meets_stays_at_the_budget():
 
 def test_exponential_is_monotone_and_ends_exactly_at_the_budget():
     values = thresholds(10.0, 3.3, 7, "exponential", 0.8)
-    assert all(a > b for a, b in zip(values, values[1:])) and values[-1] == 3.3
+    assert all(a > b for a, b in zip(values, values[1:], strict=False)) and values[-1] == 3.3
 
 
-@pytest.mark.parametrize(("args", "error"), [((1, 0.5, 0), "rounds"), ((1, 0.5, 3, "exponential", 0), "alpha"),
-                                             ((1, 0.5, 3, "cubic"), "unknown schedule")])
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [((1, 0.5, 0), "rounds"), ((1, 0.5, 3, "exponential", 0), "alpha"), ((1, 0.5, 3, "cubic"), "unknown schedule")],
+)
 def test_bad_arguments(args, error):
     with pytest.raises(ValueError, match=error):
         thresholds(*args)

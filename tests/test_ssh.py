@@ -157,7 +157,8 @@ def test_ssh_config_alias_gives_hostname_port_user_and_key(sshd: SshServer, tmp_
     folder.mkdir()
     (folder / "ssh_config").write_text(
         f"Host mypi\n    HostName 127.0.0.1\n    Port {sshd.port}\n    User {getpass.getuser()}\n"
-        f"    IdentityFile {sshd.client_key}\n    IdentitiesOnly yes\n")
+        f"    IdentityFile {sshd.client_key}\n    IdentitiesOnly yes\n"
+    )
     profile = resolve_device(str(write_profile(sshd, folder, host="mypi", port=None, user=None, identity_file=None)))
     (folder / "known_hosts").write_text(sshd.known_hosts_line())
     with open_session(profile) as session:
@@ -215,7 +216,8 @@ def test_proxy_jump_through_a_bastion(sshd: SshServer, tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "ssh_config").write_text(
         f"Host bastion\n    HostName 127.0.0.1\n    Port {sshd.port}\n    User {getpass.getuser()}\n"
-        f"    IdentityFile {sshd.client_key}\n\nHost *\n    IdentitiesOnly yes\n    ProxyJump bastion\n")
+        f"    IdentityFile {sshd.client_key}\n\nHost *\n    IdentitiesOnly yes\n    ProxyJump bastion\n"
+    )
     profile = resolve_device(str(write_profile(sshd, folder)))
     (folder / "known_hosts").write_text(sshd.known_hosts_line())
     with open_session(profile) as session:
@@ -239,8 +241,11 @@ def test_missing_python_and_missing_runtime_say_what_to_do(sshd: SshServer, tmp_
     message = str(caught.value)
     assert message.startswith(f"numpy is not importable by {bare} on loopback")
     assert f"`{bare} -m pip install --user numpy`" in message and message.endswith("(and 1 more problem(s))")
-    path.write_text(text.replace(f'python = "{sys.executable}"', f'python = "{bare}"')
-                    .replace('name = "onnxruntime"', 'name = "tflite"'))
+    path.write_text(
+        text.replace(f'python = "{sys.executable}"', f'python = "{bare}"').replace(
+            'name = "onnxruntime"', 'name = "tflite"'
+        )
+    )
     from edgecompress.device._check import check_device
 
     items = {item.name: item for item in check_device(resolve_device(str(path)))}
@@ -278,8 +283,10 @@ def test_python_36_device_runs_the_agent_and_check_names_what_is_missing(sshd: S
     items = {item.name: item for item in check_device(profile)}
     assert items["python"].detail.startswith("Python 3.6.15")
     assert items["agent"].status == "ok"  # the agent answered hello from Python 3.6
-    assert items["runtime onnxruntime"].status == "fail" and "pip install --user onnxruntime" in items[
-        "runtime onnxruntime"].hint
+    assert (
+        items["runtime onnxruntime"].status == "fail"
+        and "pip install --user onnxruntime" in items["runtime onnxruntime"].hint
+    )
     assert items["numpy"].status == "fail"
 
 

@@ -35,8 +35,12 @@ def conv_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-        torch.nn.Linear(8, 4)).eval()
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    ).eval()
     path = tmp_path_factory.mktemp("model") / "tiny_conv.onnx"
     torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, input_names=["image"])
     return path
@@ -82,8 +86,9 @@ def test_devices_check_reports_each_step(sshd: SshServer, tmp_path: Path) -> Non
     assert "already installed" in table.output and "FAIL" not in table.output
 
 
-def test_devices_check_fails_with_the_fix_for_a_missing_runtime_and_an_unknown_key(sshd: SshServer,
-                                                                                    tmp_path: Path) -> None:
+def test_devices_check_fails_with_the_fix_for_a_missing_runtime_and_an_unknown_key(
+    sshd: SshServer, tmp_path: Path
+) -> None:
     profile = trusted_device(sshd, tmp_path / "a")
     bare = bare_python(tmp_path / "bare")  # a device Python without numpy or any runtime
     profile.write_text(profile.read_text().replace(f'python = "{sys.executable}"', f'python = "{bare}"'))

@@ -61,10 +61,14 @@ def namespace() -> Iterator[Namespace]:
         net = _free_subnet()
         host, device = (str(a) for a in net.hosts())
         ns.host_address, ns.device_address = host, device
-        for args in (("link", "add", ns.host_if, "type", "veth", "peer", "name", f"ecd{suffix}", "netns", ns.name),
-                     ("addr", "add", f"{host}/30", "dev", ns.host_if), ("link", "set", ns.host_if, "up"),
-                     ("-n", ns.name, "addr", "add", f"{device}/30", "dev", f"ecd{suffix}"),
-                     ("-n", ns.name, "link", "set", f"ecd{suffix}", "up"), ("-n", ns.name, "link", "set", "lo", "up")):
+        for args in (
+            ("link", "add", ns.host_if, "type", "veth", "peer", "name", f"ecd{suffix}", "netns", ns.name),
+            ("addr", "add", f"{host}/30", "dev", ns.host_if),
+            ("link", "set", ns.host_if, "up"),
+            ("-n", ns.name, "addr", "add", f"{device}/30", "dev", f"ecd{suffix}"),
+            ("-n", ns.name, "link", "set", f"ecd{suffix}", "up"),
+            ("-n", ns.name, "link", "set", "lo", "up"),
+        ):
             result = _ip(*args)
             if result.returncode != 0:
                 pytest.skip(f"cannot set up a veth pair here (ip {' '.join(args)}): {result.stderr.strip()}")
@@ -76,14 +80,19 @@ def namespace() -> Iterator[Namespace]:
 
 @pytest.fixture(scope="module")
 def device_sshd(namespace: Namespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    server = start_sshd(tmp_path_factory.mktemp("netns-sshd"), address=namespace.device_address, port=22,
-                        wrapper=("ip", "netns", "exec", namespace.name))
+    server = start_sshd(
+        tmp_path_factory.mktemp("netns-sshd"),
+        address=namespace.device_address,
+        port=22,
+        wrapper=("ip", "netns", "exec", namespace.name),
+    )
     yield server
     server.stop()
 
 
 def test_device_at_its_own_address_bootstraps_measures_and_survives_the_link_going_down(
-        namespace: Namespace, device_sshd: SshServer, tmp_path: Path) -> None:
+    namespace: Namespace, device_sshd: SshServer, tmp_path: Path
+) -> None:
     path = write_profile(device_sshd, tmp_path, port=None)
     (tmp_path / "known_hosts").write_text(device_sshd.known_hosts_line())
     assert device_sshd.known_hosts_line().startswith(f"{namespace.device_address} ")  # port 22: a plain name

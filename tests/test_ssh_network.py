@@ -57,8 +57,9 @@ def test_bench_over_a_slow_link_pays_its_delay_and_bandwidth(sshd: SshServer, wi
     assert wifi.bytes_up > len(data)
 
 
-def test_link_cut_in_the_middle_of_an_upload_resumes_where_it_stopped(sshd: SshServer, wifi: TcpProxy,
-                                                                      tmp_path: Path) -> None:
+def test_link_cut_in_the_middle_of_an_upload_resumes_where_it_stopped(
+    sshd: SshServer, wifi: TcpProxy, tmp_path: Path
+) -> None:
     profile = _profile_via(sshd, wifi, tmp_path)
     wifi.rate_bytes_s = None  # full speed: only the cut matters here
     data = dense_onnx(tmp_path / "m.onnx", 6 << 20).read_bytes()
@@ -93,7 +94,8 @@ def test_silently_dead_link_is_abandoned_by_the_watchdog(sshd: SshServer, wifi: 
 def test_proxy_command_from_ssh_config(sshd: SshServer, tmp_path: Path) -> None:
     relay = Path(__file__).with_name("tcpproxy.py")
     (tmp_path / "ssh_config").write_text(
-        f"Host *\n    IdentitiesOnly yes\n    ProxyCommand {sys.executable} {relay} %h %p\n")
+        f"Host *\n    IdentitiesOnly yes\n    ProxyCommand {sys.executable} {relay} %h %p\n"
+    )
     profile = resolve_device(str(write_profile(sshd, tmp_path)))
     (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
     with open_session(profile) as session:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from edgecompress.analysis import iid_check, pwcet
 from edgecompress.analysis._tail import block_maxima, ljung_box_p, mbpta_cv
 from edgecompress.budgets import Evidence, parse_budget
 from edgecompress.device import Measurement
-from scipy import stats
 
 N = 3000
 SEEDS = range(5)
@@ -93,7 +94,7 @@ def test_ljung_box_matches_statsmodels():
 
 def test_iid_check_rejects_a_drift_between_halves():
     x = _sample("gumbel", 2)
-    x[N // 2:] += 0.5  # the device got slower half way (heat, a background job)
+    x[N // 2 :] += 0.5  # the device got slower half way (heat, a background job)
     check = iid_check(x)
     assert not check.passed and check.ks_p < 1e-6
 
@@ -115,7 +116,7 @@ def test_pwcet_reports_three_probabilities_and_the_method():
 
 def test_pwcet_falls_back_to_the_observed_max_when_not_iid():
     x = _sample("gumbel", 4)
-    x[N // 2:] += 1.0
+    x[N // 2 :] += 1.0
     estimate = pwcet((x * 1e6).astype(np.int64))
     assert estimate.fallback and estimate.method == "observed-max"
     assert all(v == pytest.approx(x.max()) for v in estimate.pwcet_ms.values())

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from edgecompress_agent import thermal
 from hw_fixtures import cooling_device, fake_vcgencmd, on_path, thermal_zone, throttled_calls
+
+from edgecompress_agent import thermal
 
 
 @pytest.fixture(autouse=True)
@@ -57,8 +58,12 @@ def test_a_policy_maximum_below_the_hardware_is_recorded(tmp_path):
     for cpu, policy_max in (("cpu0", 1_500_000), ("cpu1", 2_000_000)):
         base = tmp_path / f"sys/devices/system/cpu/{cpu}/cpufreq"
         base.mkdir(parents=True)
-        for name, value in (("scaling_cur_freq", 1_000_000), ("scaling_max_freq", policy_max),
-                            ("cpuinfo_max_freq", 2_000_000), ("scaling_governor", "schedutil")):
+        for name, value in (
+            ("scaling_cur_freq", 1_000_000),
+            ("scaling_max_freq", policy_max),
+            ("cpuinfo_max_freq", 2_000_000),
+            ("scaling_governor", "schedutil"),
+        ):
             (base / name).write_text(f"{value}\n")
     now = thermal.state(str(tmp_path))
     assert now["capped_cpus"] == ["cpu0"] and not now["throttled"]

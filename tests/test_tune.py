@@ -21,8 +21,13 @@ QUICK = ["--runs", "30", "--min-seconds", "0.05", "--finetune-steps", "15", "--v
 
 
 def tune_cli(*args: str, out: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "edgecompress", "tune", *args, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgecompress", "tune", *args, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 @pytest.fixture()
@@ -60,8 +65,23 @@ def _finished(run_dir: Path) -> dict[int, list[tuple[str, str | None]]]:
 
 def test_tune_meets_a_relative_latency_budget_and_writes_its_folder(tmp_path, env):
     out = tmp_path / "run"
-    process = tune_cli("--example", "digits", "--budget", "latency.mean<=0.9x", "--budget", "size<=1MB",
-                       "--rounds", "2", "--trials-per-round", "3", "--seed", "1", *QUICK, out=out, env=env)
+    process = tune_cli(
+        "--example",
+        "digits",
+        "--budget",
+        "latency.mean<=0.9x",
+        "--budget",
+        "size<=1MB",
+        "--rounds",
+        "2",
+        "--trials-per-round",
+        "3",
+        "--seed",
+        "1",
+        *QUICK,
+        out=out,
+        env=env,
+    )
     stdout, stderr = process.communicate(timeout=600)
     results = json.loads((out / "results.json").read_text())
     assert process.returncode in (0, 1), stderr
@@ -85,8 +105,19 @@ def test_tune_meets_a_relative_latency_budget_and_writes_its_folder(tmp_path, en
 
 def test_kill_9_in_round_two_then_resume_finishes_every_trial_once(tmp_path, env):
     out = tmp_path / "run"
-    args = ["--example", "digits", "--budget", "latency.mean<=0.8x", "--rounds", "2", "--trials-per-round", "4",
-            "--seed", "3", *QUICK]
+    args = [
+        "--example",
+        "digits",
+        "--budget",
+        "latency.mean<=0.8x",
+        "--rounds",
+        "2",
+        "--trials-per-round",
+        "4",
+        "--seed",
+        "3",
+        *QUICK,
+    ]
     process = tune_cli(*args, out=out, env=env)
     deadline = time.monotonic() + 600
     # Wait (by condition, polling the run's own storage) until round 2 has a finished trial, then SIGKILL.
@@ -98,8 +129,13 @@ def test_kill_9_in_round_two_then_resume_finishes_every_trial_once(tmp_path, env
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = subprocess.run([sys.executable, "-m", "edgecompress", "tune", "--resume", str(out)],
-                             capture_output=True, text=True, env=env, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "edgecompress", "tune", "--resume", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert resumed.returncode in (0, 1), resumed.stderr
     rounds = _finished(out)
     for round_index in (0, 1):
@@ -112,8 +148,19 @@ def test_kill_9_in_round_two_then_resume_finishes_every_trial_once(tmp_path, env
 
 def test_ctrl_c_stops_after_the_trial_in_flight_and_resume_completes(tmp_path, env):
     out = tmp_path / "run"
-    process = tune_cli("--example", "digits", "--budget", "latency.mean<=0.8x", "--rounds", "1",
-                       "--trials-per-round", "6", *QUICK, out=out, env=env)
+    process = tune_cli(
+        "--example",
+        "digits",
+        "--budget",
+        "latency.mean<=0.8x",
+        "--rounds",
+        "1",
+        "--trials-per-round",
+        "6",
+        *QUICK,
+        out=out,
+        env=env,
+    )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
         if any(s == "COMPLETE" for s, _ in _poll(out).get(0, [])):
@@ -125,16 +172,29 @@ def test_ctrl_c_stops_after_the_trial_in_flight_and_resume_completes(tmp_path, e
     assert "--resume" in stdout and (out / "results.json").is_file()
     states = [s for s, _ in _finished(out)[0]]
     assert "RUNNING" not in states and len(states) < 6
-    resumed = subprocess.run([sys.executable, "-m", "edgecompress", "tune", "--resume", str(out)],
-                             capture_output=True, text=True, env=env, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "edgecompress", "tune", "--resume", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert resumed.returncode in (0, 1), resumed.stderr
     assert [s for s, _ in _finished(out)[0]].count("COMPLETE") == 6
 
 
 def test_a_host_checked_budget_spends_no_device_time(tmp_path, env, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
-    config = TuneConfig(example="digits", budgets=["size<=1kB"], rounds=1, trials_per_round=2, finetune_steps=0,
-                        val_limit=200, runs=20, min_seconds=0.0)
+    config = TuneConfig(
+        example="digits",
+        budgets=["size<=1kB"],
+        rounds=1,
+        trials_per_round=2,
+        finetune_steps=0,
+        val_limit=200,
+        runs=20,
+        min_seconds=0.0,
+    )
     result = run_tune(config, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert not result.met and results["final"] == {"met": False}
@@ -153,8 +213,13 @@ def test_a_host_checked_budget_spends_no_device_time(tmp_path, env, monkeypatch)
     ],
 )
 def test_bad_tune_input_is_one_line(tmp_path, env, args, message):
-    result = subprocess.run([sys.executable, "-m", "edgecompress", "tune", *args, "--out", str(tmp_path / "o")],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "edgecompress", "tune", *args, "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -163,6 +228,21 @@ def test_an_existing_output_folder_is_never_overwritten(tmp_path, env):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = subprocess.run([sys.executable, "-m", "edgecompress", "tune", "--example", "digits", "--budget",
-                             "latency.mean<=0.5x", "--out", str(out)], capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecompress",
+            "tune",
+            "--example",
+            "digits",
+            "--budget",
+            "latency.mean<=0.5x",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 2 and "not empty" in result.stderr and (out / "keep.txt").read_text() == "mine"

@@ -106,19 +106,42 @@ def _energy(attribute: str) -> Callable[[Evidence, float | None], float | None]:
     return compute
 
 
-register(Metric("latency.pwcet", "ms", False, _pwcet,
-                "probabilistic WCET: latency exceeded with the given probability per run (EVT; observed max "
-                "when the runs are not i.i.d.)", parameter="exceedance probability", default_parameter=1e-9))
-register(Metric("energy", "mJ", False, _energy("energy_mj"), "energy per inference over the timed window",
-                requires="power"))
-register(Metric("energy.active", "mJ", False, _energy("active_energy_mj"),
-                "energy per inference above the idle power measured before warm-up", requires="power"))
-register(Metric("power.mean", "W", False, _energy("mean_power_w"), "mean power over the timed window",
-                requires="power"))
+register(
+    Metric(
+        "latency.pwcet",
+        "ms",
+        False,
+        _pwcet,
+        "probabilistic WCET: latency exceeded with the given probability per run (EVT; observed max "
+        "when the runs are not i.i.d.)",
+        parameter="exceedance probability",
+        default_parameter=1e-9,
+    )
+)
+register(
+    Metric("energy", "mJ", False, _energy("energy_mj"), "energy per inference over the timed window", requires="power")
+)
+register(
+    Metric(
+        "energy.active",
+        "mJ",
+        False,
+        _energy("active_energy_mj"),
+        "energy per inference above the idle power measured before warm-up",
+        requires="power",
+    )
+)
+register(
+    Metric("power.mean", "W", False, _energy("mean_power_w"), "mean power over the timed window", requires="power")
+)
 
 
-def check_budgets_measurable(budgets: Iterable[Budget], hello_info: Mapping[str, Any],
-                             power_source: str = "auto", power_command: str | None = None) -> None:
+def check_budgets_measurable(
+    budgets: Iterable[Budget],
+    hello_info: Mapping[str, Any],
+    power_source: str = "auto",
+    power_command: str | None = None,
+) -> None:
     """A BudgetError, before any search, for a budget the device cannot measure (energy without a power source).
 
     ``hello_info`` is what the agent's hello reported; ``power_source``/``power_command`` are the profile's.
@@ -136,8 +159,10 @@ def check_budgets_measurable(budgets: Iterable[Budget], hello_info: Mapping[str,
     elif power_source == "auto":
         if found:
             return
-        reason = "the device reports no power source (no INA3221 rails, Pi 5 PMIC, readable RAPL) and the " \
-                 "profile has no power.command"
+        reason = (
+            "the device reports no power source (no INA3221 rails, Pi 5 PMIC, readable RAPL) and the "
+            "profile has no power.command"
+        )
     elif power_source in found:
         return
     else:
@@ -187,8 +212,14 @@ class Budget:
         return self.spec.compute(evidence, self.parameter)
 
     def to_json(self) -> dict[str, Any]:
-        return {"metric": self.metric, "parameter": self.parameter, "limit": self.limit,
-                "relative": self.relative, "unit": self.unit, "text": self.text}
+        return {
+            "metric": self.metric,
+            "parameter": self.parameter,
+            "limit": self.limit,
+            "relative": self.relative,
+            "unit": self.unit,
+            "text": self.text,
+        }
 
 
 def parse_budget(text: str) -> Budget:
@@ -222,7 +253,9 @@ def parse_budget(text: str) -> Budget:
     factor = factors.get(unit.lower()) if unit else (1.0 if "" in factors else None)
     if factor is None:
         spellings = ", ".join(sorted(u for u in factors if u)) or "none"
-        raise ConfigError(f"budget {text!r}: unit {unit or '(none)'!r} does not fit {name}; use one of {spellings}, or x")
+        raise ConfigError(
+            f"budget {text!r}: unit {unit or '(none)'!r} does not fit {name}; use one of {spellings}, or x"
+        )
     if value <= 0:
         raise ConfigError(f"budget {text!r}: the limit must be positive")
     return Budget(name, value * factor, None, text.strip(), parameter)

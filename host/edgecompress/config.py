@@ -203,13 +203,13 @@ def budgets_from_toml(data: dict) -> list[str]:
         texts = []
         for metric, limit in raw.items():
             if not isinstance(limit, (str, int, float)) or isinstance(limit, bool):
-                raise ConfigError(f"[budgets] {metric}: give the limit as a string like \"20ms\" or \"0.5x\"")
+                raise ConfigError(f'[budgets] {metric}: give the limit as a string like "20ms" or "0.5x"')
             text = str(limit).strip()
             texts.append(f"{metric}{text}" if text.startswith("<") else f"{metric}<={text}")
         return texts
     if isinstance(raw, list) and all(isinstance(t, str) for t in raw):
         return list(raw)
-    raise ConfigError("budgets must be a table of metric = \"limit\" or a list of strings like \"latency.p99<=20ms\"")
+    raise ConfigError('budgets must be a table of metric = "limit" or a list of strings like "latency.p99<=20ms"')
 
 
 def load_tune_config(path: Path | None, overrides: dict) -> TuneConfig:

@@ -37,23 +37,33 @@ class History:
     problems: tuple[str, ...] = ()
     line_numbers: tuple[int, ...] = ()  # of each entry in the file, for messages
 
-    def select(self, model: str | None = None, device: str | None = None,
-               runtime: str | None = None) -> list[CheckResult]:
+    def select(
+        self, model: str | None = None, device: str | None = None, runtime: str | None = None
+    ) -> list[CheckResult]:
         """Entries for a model, device and runtime (None matches anything), oldest first."""
-        return [e for e in self.entries if (model is None or e.model == model)
-                and (device is None or e.device == device) and (runtime is None or e.runtime == runtime)]
+        return [
+            e
+            for e in self.entries
+            if (model is None or e.model == model)
+            and (device is None or e.device == device)
+            and (runtime is None or e.runtime == runtime)
+        ]
 
     def baseline(self, model: str, device: str, runtime: str, runs: int = 5) -> Baseline | None:
         """The last passing entry for this model, device and runtime, with the values of up to ``runs`` passing
         entries (its own included) for the run-to-run noise."""
-        passing = [i for i, e in enumerate(self.entries)
-                   if e.passed and (e.model, e.device, e.runtime) == (model, device, runtime)]
+        passing = [
+            i
+            for i, e in enumerate(self.entries)
+            if e.passed and (e.model, e.device, e.runtime) == (model, device, runtime)
+        ]
         if not passing:
             return None
         last = passing[-1]
-        earlier = tuple(dict(self.entries[i].values) for i in passing[-max(runs, 1):-1])
-        return Baseline.from_result_json(self.entries[last].to_json(), f"{self.path} line {self.line_numbers[last]}",
-                                         earlier)
+        earlier = tuple(dict(self.entries[i].values) for i in passing[-max(runs, 1) : -1])
+        return Baseline.from_result_json(
+            self.entries[last].to_json(), f"{self.path} line {self.line_numbers[last]}", earlier
+        )
 
     def series(self) -> list[tuple[str, str, str]]:
         """The distinct (model, device, runtime) triples, in order of first appearance."""
@@ -79,8 +89,11 @@ def read_history(path: str | Path, must_exist: bool = False) -> History:
             try:
                 data = json.loads(line)
                 if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-                    raise ValueError(f"not a check result (schema {data.get('schema')!r})"
-                                     if isinstance(data, dict) else "not a JSON object")
+                    raise ValueError(
+                        f"not a check result (schema {data.get('schema')!r})"
+                        if isinstance(data, dict)
+                        else "not a JSON object"
+                    )
                 entries.append(CheckResult.from_json(data))
                 numbers.append(number)
             except (ValueError, KeyError, TypeError, ConfigError) as exc:
@@ -119,8 +132,15 @@ class TrendRow:
     failed: tuple[str, ...]  # names of the failing checks
 
     def to_json(self) -> dict[str, Any]:
-        return {"started_utc": self.started_utc, "sha256": self.sha256, "runtime_version": self.runtime_version,
-                "values": self.values, "ratio": self.ratio, "passed": self.passed, "failed": list(self.failed)}
+        return {
+            "started_utc": self.started_utc,
+            "sha256": self.sha256,
+            "runtime_version": self.runtime_version,
+            "values": self.values,
+            "ratio": self.ratio,
+            "passed": self.passed,
+            "failed": list(self.failed),
+        }
 
 
 def trend(entries: Iterable[CheckResult], metrics: Sequence[str]) -> list[TrendRow]:
@@ -128,9 +148,17 @@ def trend(entries: Iterable[CheckResult], metrics: Sequence[str]) -> list[TrendR
     rows = []
     for entry in entries:
         ratio = next((r.result.ratio for r in entry.regressions if r.result is not None), None)
-        rows.append(TrendRow(entry.started_utc, entry.sha256, entry.runtime_version,
-                             {m: entry.values.get(m) for m in metrics}, ratio, entry.passed,
-                             tuple(entry.failed_checks())))
+        rows.append(
+            TrendRow(
+                entry.started_utc,
+                entry.sha256,
+                entry.runtime_version,
+                {m: entry.values.get(m) for m in metrics},
+                ratio,
+                entry.passed,
+                tuple(entry.failed_checks()),
+            )
+        )
     return rows
 
 

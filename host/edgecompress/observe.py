@@ -50,8 +50,12 @@ class Observation:
 
     def to_json(self, with_raw: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "sha256": self.sha256, "size_bytes": self.size_bytes, "values": self.values,
-            "latency": self.latency.to_json(), "flags": list(self.flags), "details": self.details,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "values": self.values,
+            "latency": self.latency.to_json(),
+            "flags": list(self.flags),
+            "details": self.details,
             "tail": self.tail.to_json() if self.tail else None,
             "energy": self.energy.to_json() if self.energy else None,
         }
@@ -80,8 +84,11 @@ def _evidence(size_bytes: int, parts: Sequence[Measurement]) -> Evidence:
         stats = summarize(latencies, first.first_inference_ns, first.load_ns)
     energies = [energy_stats(m) for m in parts]
     energy = None if any(e is None for e in energies) else pool_energy([e for e in energies if e is not None])
-    return Evidence(size_bytes=size_bytes, measurement=first,
-                    extra={"_latency": stats, "_tail": pwcet(latencies), "_energy": energy, "_latencies": latencies})
+    return Evidence(
+        size_bytes=size_bytes,
+        measurement=first,
+        extra={"_latency": stats, "_tail": pwcet(latencies), "_energy": energy, "_latencies": latencies},
+    )
 
 
 def _interval(evidence: Evidence, budget: Budget, level: float) -> tuple[float, float] | None:
@@ -140,18 +147,31 @@ def _flags(evidence: Evidence, parts: Sequence[Measurement]) -> tuple[str, ...]:
 
 def _thermal(raw: Mapping[str, Any]) -> dict[str, Any]:
     """The heat around a measurement, without the per-CPU detail."""
+
     def brief(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if not state:
             return None
         keys = ("hottest_c", "throttled", "reasons", "pi_throttled", "capped_cpus", "wait", "thermal")
         return {k: state.get(k) for k in keys}
 
-    return {"before": brief(raw.get("before")), "after": brief(raw.get("after")), "throttled": raw.get("throttled"),
-            "repeated": raw.get("repeated")}
+    return {
+        "before": brief(raw.get("before")),
+        "after": brief(raw.get("after")),
+        "throttled": raw.get("throttled"),
+        "repeated": raw.get("repeated"),
+    }
 
 
-def observe(session: Session, sha256: str, size_bytes: int, spec: MeasureRequest, budgets: Iterable[Budget] = (),
-            thresholds: Mapping[str, float] | None = None, max_extra: int = 2, level: float = 0.95) -> Observation:
+def observe(
+    session: Session,
+    sha256: str,
+    size_bytes: int,
+    spec: MeasureRequest,
+    budgets: Iterable[Budget] = (),
+    thresholds: Mapping[str, float] | None = None,
+    max_extra: int = 2,
+    level: float = 0.95,
+) -> Observation:
     """Measure a model the agent holds and compute every metric from it.
 
     ``thresholds`` maps a budget's key (``latency.p99``, ``latency.pwcet@1e-06``) or metric name to the threshold
@@ -182,11 +202,22 @@ def observe(session: Session, sha256: str, size_bytes: int, spec: MeasureRequest
         details["thermal_extra"] = [_thermal(m.raw) for m in parts[1:]]
     if thresholds:
         details["confidence"] = {
-            "level": level, "extra_measurements": len(parts) - 1, "straddled": straddled,
-            "still_straddling": now, "extra_runs": sum(len(m.latencies_ns) for m in parts[1:]),
+            "level": level,
+            "extra_measurements": len(parts) - 1,
+            "straddled": straddled,
+            "still_straddling": now,
+            "extra_runs": sum(len(m.latencies_ns) for m in parts[1:]),
             "extra_seconds": round(extra_seconds, 3),
         }
-    return Observation(sha256=sha256, size_bytes=size_bytes, values=evaluate_metrics(evidence, budgets),
-                       latency=evidence.extra["_latency"], measurement=parts[0], flags=_flags(evidence, parts),
-                       details=details, tail=evidence.tail, energy=evidence.energy,
-                       extra_measurements=tuple(parts[1:]))
+    return Observation(
+        sha256=sha256,
+        size_bytes=size_bytes,
+        values=evaluate_metrics(evidence, budgets),
+        latency=evidence.extra["_latency"],
+        measurement=parts[0],
+        flags=_flags(evidence, parts),
+        details=details,
+        tail=evidence.tail,
+        energy=evidence.energy,
+        extra_measurements=tuple(parts[1:]),
+    )

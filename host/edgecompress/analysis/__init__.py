@@ -13,7 +13,21 @@ from edgecompress.analysis._regression import (
 from edgecompress.analysis._tail import PROBABILITIES, IidCheck, TailEstimate, iid_check, pwcet
 
 __all__ = [
-    "PROBABILITIES", "EnergyStats", "IidCheck", "LatencyStats", "RegressionPolicy", "RegressionResult",
-    "TailEstimate", "compare_paired", "compare_samples", "compare_values", "energy_stats", "iid_check",
-    "latency_stats", "pool_energy", "pwcet", "sample_statistic", "summarize",
+    "PROBABILITIES",
+    "EnergyStats",
+    "IidCheck",
+    "LatencyStats",
+    "RegressionPolicy",
+    "RegressionResult",
+    "TailEstimate",
+    "compare_paired",
+    "compare_samples",
+    "compare_values",
+    "energy_stats",
+    "iid_check",
+    "latency_stats",
+    "pool_energy",
+    "pwcet",
+    "sample_statistic",
+    "summarize",
 ]

@@ -111,11 +111,17 @@ def energy_stats(measurement: Measurement) -> EnergyStats | None:
     segment = tuple(energy_between(trace, int(a), int(b)) / ((b - a) / 1e9) for a, b in pairs)
     idle = raw.get("idle_power_w")
     return EnergyStats(
-        source=str(trace.get("source")), partial=bool(trace.get("partial")), inferences=count, window_s=window_s,
-        energy_j=joules, energy_mj=joules / count * 1e3, mean_power_w=joules / window_s,
+        source=str(trace.get("source")),
+        partial=bool(trace.get("partial")),
+        inferences=count,
+        window_s=window_s,
+        energy_j=joules,
+        energy_mj=joules / count * 1e3,
+        mean_power_w=joules / window_s,
         idle_power_w=None if idle is None else float(idle),
         active_energy_mj=None if idle is None else (joules - float(idle) * window_s) / count * 1e3,
-        samples=len(trace["t_ns"]), segment_power_w=segment,
+        samples=len(trace["t_ns"]),
+        segment_power_w=segment,
     )
 
 
@@ -136,8 +142,15 @@ def pool_energy(parts: Sequence[EnergyStats]) -> EnergyStats | None:
         idle = sum(i * p.window_s for i, p in zip(idles, parts, strict=True) if i) / window
     active = None if idle is None else (joules - idle * window) / count * 1e3
     return EnergyStats(
-        source=parts[0].source, partial=any(p.partial for p in parts), inferences=count, window_s=window,
-        energy_j=joules, energy_mj=joules / count * 1e3, mean_power_w=joules / window, idle_power_w=idle,
-        active_energy_mj=active, samples=sum(p.samples for p in parts),
+        source=parts[0].source,
+        partial=any(p.partial for p in parts),
+        inferences=count,
+        window_s=window,
+        energy_j=joules,
+        energy_mj=joules / count * 1e3,
+        mean_power_w=joules / window,
+        idle_power_w=idle,
+        active_energy_mj=active,
+        samples=sum(p.samples for p in parts),
         segment_power_w=tuple(s for p in parts for s in p.segment_power_w),
     )

@@ -47,10 +47,18 @@ def summarize(latencies_ns: Sequence[int], first_inference_ns: int = 0, load_ns:
     ms = np.asarray(latencies_ns, dtype=np.float64) / 1e6
     pct = {name: float(np.percentile(ms, q)) for name, q in PERCENTILES.items()}
     return LatencyStats(
-        count=int(ms.size), mean_ms=float(ms.mean()), std_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
-        min_ms=float(ms.min()), max_ms=float(ms.max()),
-        p50_ms=pct["p50"], p90_ms=pct["p90"], p95_ms=pct["p95"], p99_ms=pct["p99"], p999_ms=pct["p999"],
-        first_inference_ms=first_inference_ns / 1e6, load_ms=load_ns / 1e6,
+        count=int(ms.size),
+        mean_ms=float(ms.mean()),
+        std_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+        min_ms=float(ms.min()),
+        max_ms=float(ms.max()),
+        p50_ms=pct["p50"],
+        p90_ms=pct["p90"],
+        p95_ms=pct["p95"],
+        p99_ms=pct["p99"],
+        p999_ms=pct["p999"],
+        first_inference_ms=first_inference_ns / 1e6,
+        load_ms=load_ns / 1e6,
     )
 
 

@@ -100,15 +100,19 @@ class RegressionResult:
         if self.method == "exact":
             figures = f"ratio {self.ratio:.3f} (exact, no noise)"
         elif self.method == "paired":
-            figures = (f"ratio {self.ratio:.3f} ({self.confidence:.0%} CI {self.ci_low:.3f}-{self.ci_high:.3f} over "
-                       f"{self.baseline_runs} alternating rounds, paired t p={self.p_value:.2g})")
+            figures = (
+                f"ratio {self.ratio:.3f} ({self.confidence:.0%} CI {self.ci_low:.3f}-{self.ci_high:.3f} over "
+                f"{self.baseline_runs} alternating rounds, paired t p={self.p_value:.2g})"
+            )
         else:
             over = f" over {self.baseline_runs} runs" if self.baseline_runs else ""
             figures = f"ratio {self.ratio:.3f} ({self.confidence:.0%} CI{over} {self.ci_low:.3f}-{self.ci_high:.3f}"
             figures += f", Mann-Whitney p={self.p_value:.2g})" if self.p_value is not None else ")"
         verdict = "regression" if self.regressed else ("within tolerance" if self.ratio > 1 else "not slower")
-        return (f"{self.metric} {self.baseline_value:.4g} -> {self.current_value:.4g}, {figures}, "
-                f"tolerance {self.tolerance:.0%}, n={self.baseline_n}/{self.current_n}: {verdict}")
+        return (
+            f"{self.metric} {self.baseline_value:.4g} -> {self.current_value:.4g}, {figures}, "
+            f"tolerance {self.tolerance:.0%}, n={self.baseline_n}/{self.current_n}: {verdict}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,8 +122,14 @@ class RegressionResult:
         return cls(**data)
 
 
-def bootstrap_ratio(baseline: np.ndarray, current: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray],
-                    confidence: float, resamples: int, seed: int) -> tuple[float, float]:
+def bootstrap_ratio(
+    baseline: np.ndarray,
+    current: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> tuple[float, float]:
     """Percentile-bootstrap interval of statistic(current) / statistic(baseline), samples resampled independently."""
     rng = np.random.default_rng(seed)
     ratios = np.empty(resamples)
@@ -129,7 +139,7 @@ def bootstrap_ratio(baseline: np.ndarray, current: np.ndarray, statistic: Callab
         count = min(block, resamples - start)
         base = statistic(baseline[rng.integers(0, baseline.size, (count, baseline.size))])
         curr = statistic(current[rng.integers(0, current.size, (count, current.size))])
-        ratios[start:start + count] = curr / base
+        ratios[start : start + count] = curr / base
     alpha = 1.0 - confidence
     low, high = np.quantile(ratios, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
@@ -160,9 +170,13 @@ def run_interval(runs: Sequence[float], current_value: float, confidence: float)
     return ratio, half, spread
 
 
-def compare_samples(metric: str, baseline: Sequence[float], current: Sequence[float],
-                    policy: RegressionPolicy = RegressionPolicy(),
-                    baseline_runs: Sequence[float | None] = ()) -> RegressionResult:
+def compare_samples(
+    metric: str,
+    baseline: Sequence[float],
+    current: Sequence[float],
+    policy: RegressionPolicy = RegressionPolicy(),
+    baseline_runs: Sequence[float | None] = (),
+) -> RegressionResult:
     """Compare two latency samples (any unit, the same for both) on ``metric``, e.g. ``latency.p50``.
 
     ``baseline_runs`` are the metric's values in earlier passing runs (the baseline's included); from ``min_runs``
@@ -198,15 +212,30 @@ def compare_samples(metric: str, baseline: Sequence[float], current: Sequence[fl
     by_rank = p_value < alpha
     significant = {"bootstrap": by_bootstrap, "mann-whitney": by_rank, "both": by_bootstrap and by_rank}[policy.method]
     return RegressionResult(
-        metric=metric, baseline_value=base_value, current_value=curr_value, ratio=ratio, ci_low=low, ci_high=high,
-        confidence=policy.confidence, p_value=p_value, tolerance=policy.tolerance, method=policy.method,
-        significant=significant, regressed=significant and ratio > 1.0 + policy.tolerance,
-        baseline_n=int(base.size), current_n=int(curr.size), baseline_runs=len(runs), run_spread=spread,
+        metric=metric,
+        baseline_value=base_value,
+        current_value=curr_value,
+        ratio=ratio,
+        ci_low=low,
+        ci_high=high,
+        confidence=policy.confidence,
+        p_value=p_value,
+        tolerance=policy.tolerance,
+        method=policy.method,
+        significant=significant,
+        regressed=significant and ratio > 1.0 + policy.tolerance,
+        baseline_n=int(base.size),
+        current_n=int(curr.size),
+        baseline_runs=len(runs),
+        run_spread=spread,
     )
 
 
-def compare_paired(metric: str, rounds: Sequence[tuple[Sequence[float], Sequence[float]]],
-                   policy: RegressionPolicy = RegressionPolicy()) -> RegressionResult:
+def compare_paired(
+    metric: str,
+    rounds: Sequence[tuple[Sequence[float], Sequence[float]]],
+    policy: RegressionPolicy = RegressionPolicy(),
+) -> RegressionResult:
     """Compare two models measured alternately, round by round: ``rounds`` holds (baseline, current) samples.
 
     Each round gives one ratio of the statistic; the test is a one-sample t on their logs. Load that comes and goes
@@ -233,16 +262,25 @@ def compare_paired(metric: str, rounds: Sequence[tuple[Sequence[float], Sequence
     mean, spread = float(logs.mean()), float(logs.std(ddof=1))
     half = float(student.ppf(0.5 + policy.confidence / 2, k - 1)) * spread / math.sqrt(k)
     ratio, low, high = math.exp(mean), math.exp(mean - half), math.exp(mean + half)
-    p_value = float(ttest_1samp(logs, 0.0, alternative="greater").pvalue) if spread > 0 else (
-        0.0 if mean > 0 else 1.0)
+    p_value = float(ttest_1samp(logs, 0.0, alternative="greater").pvalue) if spread > 0 else (0.0 if mean > 0 else 1.0)
     significant = low > 1.0
     return RegressionResult(
-        metric=metric, baseline_value=float(np.exp(np.log(base_values).mean())),
-        current_value=float(np.exp(np.log(curr_values).mean())), ratio=ratio, ci_low=low, ci_high=high,
-        confidence=policy.confidence, p_value=p_value, tolerance=policy.tolerance, method="paired",
-        significant=significant, regressed=significant and ratio > 1.0 + policy.tolerance,
-        baseline_n=sum(len(b) for b, _ in rounds), current_n=sum(len(c) for _, c in rounds),
-        baseline_runs=k, run_spread=spread,
+        metric=metric,
+        baseline_value=float(np.exp(np.log(base_values).mean())),
+        current_value=float(np.exp(np.log(curr_values).mean())),
+        ratio=ratio,
+        ci_low=low,
+        ci_high=high,
+        confidence=policy.confidence,
+        p_value=p_value,
+        tolerance=policy.tolerance,
+        method="paired",
+        significant=significant,
+        regressed=significant and ratio > 1.0 + policy.tolerance,
+        baseline_n=sum(len(b) for b, _ in rounds),
+        current_n=sum(len(c) for _, c in rounds),
+        baseline_runs=k,
+        run_spread=spread,
     )
 
 
@@ -252,7 +290,18 @@ def compare_values(metric: str, baseline: float, current: float, tolerance: floa
         raise ValueError(f"cannot compare {metric}: baseline {baseline}, current {current}")
     ratio = current / baseline
     return RegressionResult(
-        metric=metric, baseline_value=baseline, current_value=current, ratio=ratio, ci_low=ratio, ci_high=ratio,
-        confidence=1.0, p_value=None, tolerance=tolerance, method="exact", significant=ratio != 1.0,
-        regressed=ratio > 1.0 + tolerance, baseline_n=1, current_n=1,
+        metric=metric,
+        baseline_value=baseline,
+        current_value=current,
+        ratio=ratio,
+        ci_low=ratio,
+        ci_high=ratio,
+        confidence=1.0,
+        p_value=None,
+        tolerance=tolerance,
+        method="exact",
+        significant=ratio != 1.0,
+        regressed=ratio > 1.0 + tolerance,
+        baseline_n=1,
+        current_n=1,
     )

@@ -40,8 +40,13 @@ class IidCheck:
     alpha: float = ALPHA
 
     def to_json(self) -> dict[str, Any]:
-        return {"passed": self.passed, "ljung_box_p": self.ljung_box_p, "ks_p": self.ks_p, "lags": self.lags,
-                "alpha": self.alpha}
+        return {
+            "passed": self.passed,
+            "ljung_box_p": self.ljung_box_p,
+            "ks_p": self.ks_p,
+            "lags": self.lags,
+            "alpha": self.alpha,
+        }
 
     def verdict(self) -> str:
         """One line for people, e.g. 'i.i.d. rejected (Ljung-Box p=0.001, KS p=0.40)'."""
@@ -204,24 +209,47 @@ class TailEstimate:
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "count": self.count, "method": self.method, "fallback": self.fallback,
-            "pwcet_ms": {f"{p:g}": v for p, v in self.pwcet_ms.items()}, "observed_max_ms": self.observed_max_ms,
-            "iid": self.iid.to_json() if self.iid else None, "warnings": list(self.warnings),
+            "count": self.count,
+            "method": self.method,
+            "fallback": self.fallback,
+            "pwcet_ms": {f"{p:g}": v for p, v in self.pwcet_ms.items()},
+            "observed_max_ms": self.observed_max_ms,
+            "iid": self.iid.to_json() if self.iid else None,
+            "warnings": list(self.warnings),
         }
         if self.exponential is not None:
             e = self.exponential
-            data["mbpta_cv"] = {"k": e.k, "u_ms": e.u, "sigma_ms": e.sigma, "cv": e.cv, "light_tail": e.light,
-                                "pwcet_ms": {f"{p:g}": e.quantile(p, self._sample) for p in self.pwcet_ms}}
+            data["mbpta_cv"] = {
+                "k": e.k,
+                "u_ms": e.u,
+                "sigma_ms": e.sigma,
+                "cv": e.cv,
+                "light_tail": e.light,
+                "pwcet_ms": {f"{p:g}": e.quantile(p, self._sample) for p in self.pwcet_ms},
+            }
         if self.maxima is not None:
             b = self.maxima
-            data["block_maxima"] = {"kind": b.kind, "block": b.block, "blocks": b.blocks, "loc_ms": b.loc,
-                                    "scale_ms": b.scale, "shape_c": b.c, "lr_p": b.lr_p,
-                                    "pwcet_ms": {f"{p:g}": b.quantile(p) for p in self.pwcet_ms}}
+            data["block_maxima"] = {
+                "kind": b.kind,
+                "block": b.block,
+                "blocks": b.blocks,
+                "loc_ms": b.loc,
+                "scale_ms": b.scale,
+                "shape_c": b.c,
+                "lr_p": b.lr_p,
+                "pwcet_ms": {f"{p:g}": b.quantile(p) for p in self.pwcet_ms},
+            }
         return data
 
 
-def _quantile(method: str, exponential: ExponentialTail | None, maxima: BlockMaxima | None, p: float,
-              sample: np.ndarray | None, observed_max: float) -> float:
+def _quantile(
+    method: str,
+    exponential: ExponentialTail | None,
+    maxima: BlockMaxima | None,
+    p: float,
+    sample: np.ndarray | None,
+    observed_max: float,
+) -> float:
     if method == "mbpta-cv" and exponential is not None:
         return exponential.quantile(p, sample)
     if method in ("gumbel", "gev") and maxima is not None:
@@ -229,8 +257,12 @@ def _quantile(method: str, exponential: ExponentialTail | None, maxima: BlockMax
     return observed_max
 
 
-def pwcet(latencies_ns: Sequence[int] | np.ndarray, probabilities: Sequence[float] = PROBABILITIES,
-          min_samples: int = MIN_SAMPLES, alpha: float = ALPHA) -> TailEstimate:
+def pwcet(
+    latencies_ns: Sequence[int] | np.ndarray,
+    probabilities: Sequence[float] = PROBABILITIES,
+    min_samples: int = MIN_SAMPLES,
+    alpha: float = ALPHA,
+) -> TailEstimate:
     """pWCET (ms) at each exceedance probability per run, or the observed maximum with a warning."""
     x = np.asarray(latencies_ns, dtype=np.float64) / 1e6
     if x.size == 0:
@@ -262,5 +294,14 @@ def pwcet(latencies_ns: Sequence[int] | np.ndarray, probabilities: Sequence[floa
         method = "observed-max"
         notes.insert(0, f"{iid.verdict()}: pWCET is the observed maximum, not an EVT estimate")
     values = {p: _quantile(method, exponential, maxima, p, x, observed) for p in probabilities}
-    return TailEstimate(count=int(x.size), method=method, pwcet_ms=values, observed_max_ms=observed, iid=iid,
-                        warnings=tuple(notes), exponential=exponential, maxima=maxima, _sample=x)
+    return TailEstimate(
+        count=int(x.size),
+        method=method,
+        pwcet_ms=values,
+        observed_max_ms=observed,
+        iid=iid,
+        warnings=tuple(notes),
+        exponential=exponential,
+        maxima=maxima,
+        _sample=x,
+    )

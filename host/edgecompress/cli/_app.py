@@ -64,7 +64,9 @@ def main() -> None:
             sys.exit(130)
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
-                          "(run with --debug for the traceback)",
-                          highlight=False)
+        err_console.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
+            "(run with --debug for the traceback)",
+            highlight=False,
+        )
         sys.exit(4)

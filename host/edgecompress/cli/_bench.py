@@ -34,10 +34,18 @@ def bench(
     """Measure a model on a device: latency distribution, first inference, load time."""
     profile = resolve_device(device)
     artifact = load_artifact(model)
-    spec = measure_request(profile, runs=runs, threads=threads, min_seconds=min_seconds,
-                           max_seconds=max_seconds, warmup_runs=warmup_runs, runtime=artifact.runtime)
-    session = open_session(profile, on_event=lambda m: err_console.print(f"[yellow]{m}[/]"),
-                           accept_new_host=accept_new_host)
+    spec = measure_request(
+        profile,
+        runs=runs,
+        threads=threads,
+        min_seconds=min_seconds,
+        max_seconds=max_seconds,
+        warmup_runs=warmup_runs,
+        runtime=artifact.runtime,
+    )
+    session = open_session(
+        profile, on_event=lambda m: err_console.print(f"[yellow]{m}[/]"), accept_new_host=accept_new_host
+    )
     try:
         # A runtime, provider or opset the device cannot serve is a ConfigError before the upload.
         check_runtime(profile, session.hello(), runtime=artifact.runtime, model=artifact.data)
@@ -51,19 +59,38 @@ def bench(
     if html is not None:
         from edgecompress.report import bench_report_html, write_html
 
-        page = bench_report_html(str(model), profile.name, spec.runtime, observation, hello, spec.to_fields(),
-                                 shlex.join(["edgecompress", *sys.argv[1:]]))
+        page = bench_report_html(
+            str(model),
+            profile.name,
+            spec.runtime,
+            observation,
+            hello,
+            spec.to_fields(),
+            shlex.join(["edgecompress", *sys.argv[1:]]),
+        )
         err_console.print(f"HTML page written to {write_html(page, html)}", highlight=False)
         if str(html) == "-":
             return  # stdout holds the page; a table after it would break it
     tail, energy = observation.tail, observation.energy
     if as_json:
-        print(json.dumps({"model": str(model), "sha256": sha, "device": profile.name, "runtime": spec.runtime,
-                          "board": hello.get("board"), "latency": stats.to_json(),
-                          "providers": measurement.raw.get("providers"),
-                          "tail": tail.to_json() if tail else None, "energy": energy.to_json() if energy else None,
-                          "flags": list(observation.flags), "thermal": observation.details.get("thermal")},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": str(model),
+                    "sha256": sha,
+                    "device": profile.name,
+                    "runtime": spec.runtime,
+                    "board": hello.get("board"),
+                    "latency": stats.to_json(),
+                    "providers": measurement.raw.get("providers"),
+                    "tail": tail.to_json() if tail else None,
+                    "energy": energy.to_json() if energy else None,
+                    "flags": list(observation.flags),
+                    "thermal": observation.details.get("thermal"),
+                },
+                indent=2,
+            )
+        )
         return
     table = Table(title=f"{model.name} on {profile.name} ({hello.get('board')}), {spec.runtime}", title_justify="left")
     table.add_column("statistic")
@@ -88,7 +115,10 @@ def bench(
         active = "n/a" if energy.active_energy_mj is None else f"{energy.active_energy_mj:.3f} mJ"
         idle = "n/a" if energy.idle_power_w is None else f"{energy.idle_power_w:.3f} W"
         partial = ", partial: not all rails" if energy.partial else ""
-        console.print(f"energy {energy.energy_mj:.3f} mJ/inference (above idle {active}), mean power "
-                      f"{energy.mean_power_w:.3f} W, idle {idle} [{energy.source}{partial}]", highlight=False)
+        console.print(
+            f"energy {energy.energy_mj:.3f} mJ/inference (above idle {active}), mean power "
+            f"{energy.mean_power_w:.3f} W, idle {idle} [{energy.source}{partial}]",
+            highlight=False,
+        )
     if observation.flags:
         console.print(f"flags: {', '.join(observation.flags)}", highlight=False)

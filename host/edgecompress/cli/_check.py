@@ -49,36 +49,61 @@ def _output_folder_ok(path: str | None, flag: str) -> None:
 @app.command(epilog=CHECK_EXIT_CODES)
 def check(
     model: Annotated[Path, typer.Argument(help="The .onnx or .tflite model to check.")],
-    device: Annotated[str | None, typer.Option(
-        "--device", "-d", help="Profile name, .toml file, or user@host[:port].")] = None,
-    budget: Annotated[list[str] | None, typer.Option(
-        "--budget", "-b", help="A budget such as 'latency.p99<=20ms' or 'latency.p50<=1.05x' (relative to the "
-        "baseline); repeatable. Replaces a configured budget on the same metric.")] = None,
-    config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="edgecompress.toml with \\[check] and \\[budgets] tables.")] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", "-d", help="Profile name, .toml file, or user@host[:port].")
+    ] = None,
+    budget: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--budget",
+            "-b",
+            help="A budget such as 'latency.p99<=20ms' or 'latency.p50<=1.05x' (relative to the "
+            "baseline); repeatable. Replaces a configured budget on the same metric.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="edgecompress.toml with \\[check] and \\[budgets] tables.")
+    ] = None,
     baseline: Annotated[Path | None, typer.Option(help="Compare with this previous --json result.")] = None,
-    history: Annotated[Path | None, typer.Option(
-        help="JSON-lines history: the baseline is its last passing run of this model, device and runtime (unless "
-        "--baseline); this run is appended.")] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON-lines history: the baseline is its last passing run of this model, device and runtime (unless "
+            "--baseline); this run is appended."
+        ),
+    ] = None,
     junit: Annotated[str | None, typer.Option(help="Write JUnit XML here ('-' for stdout).")] = None,
-    json_path: Annotated[str | None, typer.Option(
-        "--json", help="Write the JSON result here, raw latencies included (a later --baseline).")] = None,
-    markdown: Annotated[str | None, typer.Option(
-        help="Write a Markdown summary here (append it to $GITHUB_STEP_SUMMARY).")] = None,
-    html: Annotated[str | None, typer.Option(
-        "--html", help="Write a self-contained HTML page (latency plots beside the baseline's) here.")] = None,
-    runs: Annotated[int | None, typer.Option(
-        min=1, help="At least this many timed inferences (default: the profile's).")] = None,
-    min_seconds: Annotated[float | None, typer.Option(
-        min=0, help="Time at least this long (default: the profile's).")] = None,
-    tolerance: Annotated[list[str] | None, typer.Option(
-        help="Tolerated slowdown: '5%' sets the default (5%), 'latency.p99=10%' also tests that metric; "
-        "repeatable.")] = None,
-    name: Annotated[str | None, typer.Option(
-        help="The model's name in the history (default: its file name).")] = None,
-    accept_new_host: Annotated[bool, typer.Option(
-        "--accept-new-host", help="Trust an SSH host key not yet in known_hosts (and remember it), like "
-        "OpenSSH's accept-new.")] = False,
+    json_path: Annotated[
+        str | None,
+        typer.Option("--json", help="Write the JSON result here, raw latencies included (a later --baseline)."),
+    ] = None,
+    markdown: Annotated[
+        str | None, typer.Option(help="Write a Markdown summary here (append it to $GITHUB_STEP_SUMMARY).")
+    ] = None,
+    html: Annotated[
+        str | None,
+        typer.Option("--html", help="Write a self-contained HTML page (latency plots beside the baseline's) here."),
+    ] = None,
+    runs: Annotated[
+        int | None, typer.Option(min=1, help="At least this many timed inferences (default: the profile's).")
+    ] = None,
+    min_seconds: Annotated[
+        float | None, typer.Option(min=0, help="Time at least this long (default: the profile's).")
+    ] = None,
+    tolerance: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Tolerated slowdown: '5%' sets the default (5%), 'latency.p99=10%' also tests that metric; repeatable."
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The model's name in the history (default: its file name).")] = None,
+    accept_new_host: Annotated[
+        bool,
+        typer.Option(
+            "--accept-new-host",
+            help="Trust an SSH host key not yet in known_hosts (and remember it), like OpenSSH's accept-new.",
+        ),
+    ] = False,
 ) -> None:
     """Measure MODEL on a device, apply every budget and test for a slowdown against a baseline (for nightly CI)."""
     settings = load_check_config(config)
@@ -90,9 +115,12 @@ def check(
     profile = resolve_device(device_name)
     artifact = load_artifact(model)
     model_name = name or settings.name or model.name
-    spec = measure_request(profile, runs=runs or settings.runs,
-                           min_seconds=settings.min_seconds if min_seconds is None else min_seconds,
-                           runtime=artifact.runtime)
+    spec = measure_request(
+        profile,
+        runs=runs or settings.runs,
+        min_seconds=settings.min_seconds if min_seconds is None else min_seconds,
+        runtime=artifact.runtime,
+    )
     for path, flag in ((junit, "--junit"), (json_path, "--json"), (markdown, "--markdown"), (html, "--html")):
         _output_folder_ok(path, flag)
     history_path = history or (Path(settings.history) if settings.history else None)
@@ -110,15 +138,24 @@ def check(
 
     try:
         with err_console.status(f"measuring {model.name} on {profile.name}"):
-            result = run_check(artifact, model=model_name, model_path=str(model), profile=profile, spec=spec,
-                               budgets=budgets, regression=regression, baseline=base,
-                               on_event=lambda m: err_console.print(f"[yellow]{m}[/]"),
-                               accept_new_host=accept_new_host)
+            result = run_check(
+                artifact,
+                model=model_name,
+                model_path=str(model),
+                profile=profile,
+                spec=spec,
+                budgets=budgets,
+                regression=regression,
+                baseline=base,
+                on_event=lambda m: err_console.print(f"[yellow]{m}[/]"),
+                accept_new_host=accept_new_host,
+            )
     except (DeviceError, BudgetError) as exc:
         # CI should show a red case, not a missing report, when the board is down or cannot measure a budget.
         if junit:
-            write_junit_error(model_name, profile.name, str(exc), junit,
-                              "budgets" if isinstance(exc, BudgetError) else "device")
+            write_junit_error(
+                model_name, profile.name, str(exc), junit, "budgets" if isinstance(exc, BudgetError) else "device"
+            )
         if markdown:
             write_markdown_error(model_name, profile.name, str(exc), markdown)
         raise
@@ -142,8 +179,10 @@ def check(
 
 def _print_result(result: CheckResult) -> None:
     colour = {"pass": "green", "fail": "red", "error": "yellow", "skipped": "dim"}
-    table = Table(title=f"{result.model} on {result.device} ({result.board}), {result.runtime} "
-                  f"{result.runtime_version}", title_justify="left")
+    table = Table(
+        title=f"{result.model} on {result.device} ({result.board}), {result.runtime} {result.runtime_version}",
+        title_justify="left",
+    )
     table.add_column("check")
     table.add_column("status")
     table.add_column("figures")
@@ -163,8 +202,9 @@ def history_command(
     model: Annotated[str | None, typer.Option(help="Only this model (its name in the history).")] = None,
     device: Annotated[str | None, typer.Option("--device", "-d", help="Only this device profile.")] = None,
     runtime: Annotated[str | None, typer.Option(help="Only this runtime (onnxruntime, tflite).")] = None,
-    metric: Annotated[list[str] | None, typer.Option(
-        help="Metrics to show; repeatable (default: latency.p50 and latency.p99).")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="Metrics to show; repeatable (default: latency.p50 and latency.p99).")
+    ] = None,
     last: Annotated[int | None, typer.Option(min=1, help="Only the last N runs.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also save the trend as a PNG plot here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
@@ -177,8 +217,13 @@ def history_command(
     past = read_history(path, must_exist=True)
     for problem in past.problems:
         err_console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
-    series = [s for s in past.series() if (model is None or s[0] == model) and (device is None or s[1] == device)
-              and (runtime is None or s[2] == runtime)]
+    series = [
+        s
+        for s in past.series()
+        if (model is None or s[0] == model)
+        and (device is None or s[1] == device)
+        and (runtime is None or s[2] == runtime)
+    ]
     if not series:
         known = "; ".join(f"{m} on {d} ({r})" for m, d, r in past.series()) or "none"
         raise ConfigError(f"no runs in {path} match; the history holds: {known}")
@@ -187,21 +232,34 @@ def history_command(
         raise ConfigError(f"--plot draws one model on one device; choose with {choices}")
     output = []
     for model_name, device_name, runtime_name in series:
-        rows = trend(past.select(model_name, device_name, runtime_name), metric)[-last if last else None:]
+        rows = trend(past.select(model_name, device_name, runtime_name), metric)[-last if last else None :]
         title = f"{model_name} on {device_name} ({runtime_name})"
         if as_json:
-            output.append({"model": model_name, "device": device_name, "runtime": runtime_name,
-                           "runs": [r.to_json() for r in rows]})
+            output.append(
+                {
+                    "model": model_name,
+                    "device": device_name,
+                    "runtime": runtime_name,
+                    "runs": [r.to_json() for r in rows],
+                }
+            )
             continue
         table = Table(title=title, title_justify="left")
         for column in ("when (UTC)", "model", "runtime", *metric, "ratio", "result"):
-            table.add_column(column, justify="right" if column in metric or column == "ratio" else "left",
-                             no_wrap=column in ("when (UTC)", "model"))
+            table.add_column(
+                column,
+                justify="right" if column in metric or column == "ratio" else "left",
+                no_wrap=column in ("when (UTC)", "model"),
+            )
         for r in rows:
-            table.add_row(r.started_utc.replace("T", " ").rstrip("Z"), r.sha256[:8], r.runtime_version or "?",
-                          *(format_metric(m, r.values.get(m)) for m in metric),
-                          "" if r.ratio is None else f"{r.ratio:.3f}",
-                          "[green]pass[/]" if r.passed else f"[red]fail[/] {escape(', '.join(r.failed))}")
+            table.add_row(
+                r.started_utc.replace("T", " ").rstrip("Z"),
+                r.sha256[:8],
+                r.runtime_version or "?",
+                *(format_metric(m, r.values.get(m)) for m in metric),
+                "" if r.ratio is None else f"{r.ratio:.3f}",
+                "[green]pass[/]" if r.passed else f"[red]fail[/] {escape(', '.join(r.failed))}",
+            )
         console.print(table)
         if plot is not None:
             plot_trend(rows, metric, plot, title)

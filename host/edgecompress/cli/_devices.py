@@ -33,9 +33,11 @@ def _list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
 
 
 @devices_app.command("info")
-def info(device: str = typer.Argument(..., help="Profile name, .toml file, or user@host[:port]."),
-         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-         accept_new_host: bool = accept_new_host_option()) -> None:
+def info(
+    device: str = typer.Argument(..., help="Profile name, .toml file, or user@host[:port]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    accept_new_host: bool = accept_new_host_option(),
+) -> None:
     """Start the agent on a device and print what it reports (hello)."""
     profile = resolve_device(device)
     session = open_session(profile, accept_new_host=accept_new_host)
@@ -56,7 +58,9 @@ def info(device: str = typer.Argument(..., help="Profile name, .toml file, or us
     table.add_row("python", f"{python.get('version')} ({python.get('executable')})")
     table.add_row("agent", f"{hello.get('agent_version')} (protocol {hello.get('protocol')})")
     for runtime in hello.get("runtimes") or []:
-        table.add_row(f"runtime {runtime['name']}", f"{runtime.get('version')}  {', '.join(runtime.get('providers') or [])}")
+        table.add_row(
+            f"runtime {runtime['name']}", f"{runtime.get('version')}  {', '.join(runtime.get('providers') or [])}"
+        )
     if not hello.get("runtimes"):
         table.add_row("runtimes", "none importable")
     sources = hello.get("power_sources") or []
@@ -67,9 +71,11 @@ def info(device: str = typer.Argument(..., help="Profile name, .toml file, or us
 
 
 @devices_app.command("check")
-def check(device: str = typer.Argument(..., help="Profile name, .toml file, or user@host[:port]."),
-          as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-          accept_new_host: bool = accept_new_host_option()) -> None:
+def check(
+    device: str = typer.Argument(..., help="Profile name, .toml file, or user@host[:port]."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    accept_new_host: bool = accept_new_host_option(),
+) -> None:
     """Check a device: connection, host key, Python, agent, runtimes, power, thermal zones, CPU governor.
 
     Each problem comes with a fix. Exit code 3 when something fails (warnings alone exit 0).

@@ -18,8 +18,9 @@ DASHBOARD_MISSING = "optuna-dashboard is not installed; install it with: pip ins
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A tune output folder (holds results.json).")],
-    out: Annotated[str | None, typer.Option(
-        "--out", "-o", help="Write the page here instead of DIR/report.html ('-' for stdout).")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Write the page here instead of DIR/report.html ('-' for stdout).")
+    ] = None,
 ) -> None:
     """Regenerate a tune run's report.html from its stored results.json (no device needed)."""
     from edgecompress.report import write_tune_report
@@ -74,8 +75,9 @@ def dashboard(
             pass  # one line per poll of the page would bury the console
 
     # Bound before the address is printed: whoever reads it (a person, a test) can connect at once.
-    server = make_server("127.0.0.1", port, optuna_dashboard.wsgi(storage), server_class=Server,
-                         handler_class=QuietHandler)
+    server = make_server(
+        "127.0.0.1", port, optuna_dashboard.wsgi(storage), server_class=Server, handler_class=QuietHandler
+    )
     url = f"http://127.0.0.1:{server.server_port}/dashboard"
     console.print(f"optuna-dashboard for {storage}", highlight=False)
     print(url, flush=True)

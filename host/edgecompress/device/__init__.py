@@ -6,7 +6,16 @@ from edgecompress.device._session import Measurement, MeasureRequest, Session, s
 from edgecompress.device._transport import LocalTransport, Transport
 
 __all__ = [
-    "LocalTransport", "MeasureRequest", "Measurement", "Session", "Transport",
-    "check_runtime", "gpu_providers", "max_opset_for", "measure_request", "open_session", "sha256_bytes",
+    "LocalTransport",
+    "MeasureRequest",
+    "Measurement",
+    "Session",
+    "Transport",
+    "check_runtime",
+    "gpu_providers",
+    "max_opset_for",
+    "measure_request",
+    "open_session",
+    "sha256_bytes",
     "transport_for",
 ]

@@ -147,8 +147,14 @@ def required_modules(runtime: str) -> list[str]:
     return ["numpy", "onnxruntime" if runtime == "onnxruntime" else "tflite_runtime|ai_edge_litert"]
 
 
-def agent_command(python: str, cache_dir: str | None, digest: str, mode: str = "serve",
-                  required: Sequence[str] = (), token: str | None = None) -> str:
+def agent_command(
+    python: str,
+    cache_dir: str | None,
+    digest: str,
+    mode: str = "serve",
+    required: Sequence[str] = (),
+    token: str | None = None,
+) -> str:
     """The exec-channel command: the stub in ``mode`` "probe" (report and exit) or "serve" (report, then serve).
 
     With a ``token`` (one per host-side transport) the stub's pid, which stays the agent's, is kept in
@@ -156,15 +162,27 @@ def agent_command(python: str, cache_dir: str | None, digest: str, mode: str = "
     agent would otherwise finish its measurement alongside the retried one and skew both.
     """
     cache = _cache_word(cache_dir)
-    stub = " ".join([shlex.quote(python), "-c", shlex.quote(_STUB_ARG), _MARKER, cache, shlex.quote(digest), mode,
-                     *(shlex.quote(r) for r in required)])
+    stub = " ".join(
+        [
+            shlex.quote(python),
+            "-c",
+            shlex.quote(_STUB_ARG),
+            _MARKER,
+            cache,
+            shlex.quote(digest),
+            mode,
+            *(shlex.quote(r) for r in required),
+        ]
+    )
     script = f"exec {stub}"
     if token:
         pidfile = f"{cache}/run/{token}.pid"
         # /proc/<pid>/cmdline is checked so that a recycled pid is never killed.
-        script = (f"mkdir -p {cache}/run && if [ -f {pidfile} ]; then old=$(cat {pidfile}); "
-                  f"if grep -q {_MARKER} /proc/$old/cmdline 2>/dev/null; then kill $old; fi; fi; "
-                  f"echo $$ > {pidfile} && {script}")
+        script = (
+            f"mkdir -p {cache}/run && if [ -f {pidfile} ]; then old=$(cat {pidfile}); "
+            f"if grep -q {_MARKER} /proc/$old/cmdline 2>/dev/null; then kill $old; fi; fi; "
+            f"echo $$ > {pidfile} && {script}"
+        )
     # sh -c: the login shell may be fish or csh, which read other syntax.
     return f"exec sh -c {shlex.quote(script)}"
 
@@ -172,18 +190,25 @@ def agent_command(python: str, cache_dir: str | None, digest: str, mode: str = "
 def _failed(code: int | None, stderr: str, python: str, device: str) -> DeviceError:
     last = (stderr.strip().splitlines() or [""])[-1]
     if code == 127 or "not found" in last or "No such file" in last:
-        return DeviceError(f"{python} was not found on {device}: install Python {'.'.join(map(str, MIN_PYTHON))}+ "
-                           f"there, or set python = \"/path/to/python3\" in the profile ({last or 'exit code 127'})")
+        return DeviceError(
+            f"{python} was not found on {device}: install Python {'.'.join(map(str, MIN_PYTHON))}+ "
+            f'there, or set python = "/path/to/python3" in the profile ({last or "exit code 127"})'
+        )
     return DeviceError(f"{python} on {device} failed to start the agent (exit code {code}): {last}")
 
 
 def _parse(line: bytes, python: str, device: str) -> Probe:
     try:
-        data = json.loads(line[len(PROBE_MARK):].decode("utf-8"))
-        return Probe(version=tuple(int(v) for v in data["version"]), executable=str(data["executable"] or python),
-                     modules={k: bool(v) for k, v in data["modules"].items()}, cache_dir=str(data["cache_dir"]),
-                     agent_dir=str(data["agent_dir"]), agent_present=bool(data["agent_present"]),
-                     serving=bool(data["serving"]))
+        data = json.loads(line[len(PROBE_MARK) :].decode("utf-8"))
+        return Probe(
+            version=tuple(int(v) for v in data["version"]),
+            executable=str(data["executable"] or python),
+            modules={k: bool(v) for k, v in data["modules"].items()},
+            cache_dir=str(data["cache_dir"]),
+            agent_dir=str(data["agent_dir"]),
+            agent_present=bool(data["agent_present"]),
+            serving=bool(data["serving"]),
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise DeviceError(f"{python} on {device} answered the probe with something unexpected: {line[:200]!r}") from exc
 
@@ -229,8 +254,9 @@ def start_stub(client: paramiko.SSHClient, command: str, python: str, device: st
     return Started(channel, reader, stderr, _parse(line.rstrip(b"\n"), python, device), time.perf_counter() - t0)
 
 
-def probe(client: paramiko.SSHClient, python: str, cache_dir: str | None, digest: str, device: str,
-          timeout_s: float = 60.0) -> Probe:
+def probe(
+    client: paramiko.SSHClient, python: str, cache_dir: str | None, digest: str, device: str, timeout_s: float = 60.0
+) -> Probe:
     """Ask the device's Python for its version, importable modules and where the agent cache is."""
     started = start_stub(client, agent_command(python, cache_dir, digest, "probe"), python, device, timeout_s)
     started.channel.close()
@@ -241,20 +267,28 @@ def problems(found: Probe, runtime: str, device: str) -> list[str]:
     """Everything missing on the device for this runtime, each as one sentence with the fix."""
     exe = found.executable
     if found.version < MIN_PYTHON:
-        return [f"{exe} on {device} is Python {found.version_text}; the agent needs "
-                f"{'.'.join(map(str, MIN_PYTHON))} or newer: set python = \"/usr/bin/python3\" (or another) "
-                "in the profile"]
+        return [
+            f"{exe} on {device} is Python {found.version_text}; the agent needs "
+            f'{".".join(map(str, MIN_PYTHON))} or newer: set python = "/usr/bin/python3" (or another) '
+            "in the profile"
+        ]
     missing = []
     if not found.modules.get("numpy"):
-        missing.append(f"numpy is not importable by {exe} on {device}: install it with "
-                       f"`{exe} -m pip install --user numpy` (or `sudo apt install python3-numpy`)")
+        missing.append(
+            f"numpy is not importable by {exe} on {device}: install it with "
+            f"`{exe} -m pip install --user numpy` (or `sudo apt install python3-numpy`)"
+        )
     if runtime == "onnxruntime" and not found.modules.get("onnxruntime"):
-        missing.append(f"onnxruntime is not importable by {exe} on {device}: install it with "
-                       f"`{exe} -m pip install --user onnxruntime` "
-                       "(on a Jetson: the onnxruntime-gpu wheel for its JetPack)")
+        missing.append(
+            f"onnxruntime is not importable by {exe} on {device}: install it with "
+            f"`{exe} -m pip install --user onnxruntime` "
+            "(on a Jetson: the onnxruntime-gpu wheel for its JetPack)"
+        )
     if runtime == "tflite" and not (found.modules.get("tflite_runtime") or found.modules.get("ai_edge_litert")):
-        missing.append(f"no TFLite runtime is importable by {exe} on {device}: install one with "
-                       f"`{exe} -m pip install --user ai-edge-litert` (or tflite-runtime)")
+        missing.append(
+            f"no TFLite runtime is importable by {exe} on {device}: install one with "
+            f"`{exe} -m pip install --user ai-edge-litert` (or tflite-runtime)"
+        )
     return missing
 
 
@@ -311,8 +345,10 @@ def upload(client: paramiko.SSHClient, package: AgentPackage, agent_dir: str, de
                 raise
             _remove_tree(sftp, partial)  # another host installed the same version first
     except PermissionError as exc:
-        raise DeviceError(f"cannot write the agent to {agent_dir} on {device}: permission denied; set cache_dir "
-                          "in the profile to a folder the SSH user can write") from exc
+        raise DeviceError(
+            f"cannot write the agent to {agent_dir} on {device}: permission denied; set cache_dir "
+            "in the profile to a folder the SSH user can write"
+        ) from exc
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise ConnectionLost(f"uploading the agent to {device} failed: {exc}") from exc
     finally:
@@ -324,25 +360,41 @@ def _raise_problems(issues: list[str]) -> None:
         raise DeviceError(issues[0] + (f" (and {len(issues) - 1} more problem(s))" if len(issues) > 1 else ""))
 
 
-def _install(client: paramiko.SSHClient, package: AgentPackage, found: Probe, device: str,
-             on_event: Callable[[str], None] | None) -> float:
+def _install(
+    client: paramiko.SSHClient, package: AgentPackage, found: Probe, device: str, on_event: Callable[[str], None] | None
+) -> float:
     if on_event:
-        on_event(f"installing the agent ({len(package.files)} files, {package.size_bytes / 1024:.0f} KiB) "
-                 f"into {found.agent_dir} on {device}")
+        on_event(
+            f"installing the agent ({len(package.files)} files, {package.size_bytes / 1024:.0f} KiB) "
+            f"into {found.agent_dir} on {device}"
+        )
     t0 = time.perf_counter()
     upload(client, package, found.agent_dir, device)
     return time.perf_counter() - t0
 
 
-def bootstrap(client: paramiko.SSHClient, python: str, cache_dir: str | None, runtime: str, device: str,
-              require_runtime: bool = True, package: AgentPackage | None = None,
-              on_event: Callable[[str], None] | None = None, timeout_s: float = 60.0) -> BootstrapResult:
+def bootstrap(
+    client: paramiko.SSHClient,
+    python: str,
+    cache_dir: str | None,
+    runtime: str,
+    device: str,
+    require_runtime: bool = True,
+    package: AgentPackage | None = None,
+    on_event: Callable[[str], None] | None = None,
+    timeout_s: float = 60.0,
+) -> BootstrapResult:
     """Probe the device and upload the agent if this version is missing, without starting it (for checks)."""
     package = package or agent_package()
     t0 = time.perf_counter()
     found = probe(client, python, cache_dir, package.digest, device, timeout_s)
-    result = BootstrapResult(probe=found, command="", uploaded=False, probe_s=time.perf_counter() - t0,
-                             problems=problems(found, runtime, device))
+    result = BootstrapResult(
+        probe=found,
+        command="",
+        uploaded=False,
+        probe_s=time.perf_counter() - t0,
+        problems=problems(found, runtime, device),
+    )
     if require_runtime or found.version < MIN_PYTHON:
         _raise_problems(result.problems)
     if not found.agent_present:
@@ -351,17 +403,30 @@ def bootstrap(client: paramiko.SSHClient, python: str, cache_dir: str | None, ru
     return result
 
 
-def start_agent(client: paramiko.SSHClient, python: str, cache_dir: str | None, runtime: str, device: str,
-                require_runtime: bool = True, package: AgentPackage | None = None, token: str | None = None,
-                on_event: Callable[[str], None] | None = None,
-                timeout_s: float = 60.0) -> tuple[Started, BootstrapResult]:
+def start_agent(
+    client: paramiko.SSHClient,
+    python: str,
+    cache_dir: str | None,
+    runtime: str,
+    device: str,
+    require_runtime: bool = True,
+    package: AgentPackage | None = None,
+    token: str | None = None,
+    on_event: Callable[[str], None] | None = None,
+    timeout_s: float = 60.0,
+) -> tuple[Started, BootstrapResult]:
     """Start the agent on a new exec channel, installing it first if this version is missing."""
     package = package or agent_package()
     required = required_modules(runtime) if require_runtime else []
     command = agent_command(python, cache_dir, package.digest, "serve", required, token)
     started = start_stub(client, command, python, device, timeout_s)
-    result = BootstrapResult(probe=started.probe, command=command, uploaded=False, probe_s=started.probe_s,
-                             problems=problems(started.probe, runtime, device))
+    result = BootstrapResult(
+        probe=started.probe,
+        command=command,
+        uploaded=False,
+        probe_s=started.probe_s,
+        problems=problems(started.probe, runtime, device),
+    )
     if started.probe.serving:
         return started, result
     started.channel.close()
@@ -377,5 +442,16 @@ def start_agent(client: paramiko.SSHClient, python: str, cache_dir: str | None, 
     return started, result
 
 
-__all__ = ["AgentPackage", "BootstrapResult", "Probe", "Started", "agent_command", "agent_package", "bootstrap",
-           "problems", "probe", "start_agent", "upload"]
+__all__ = [
+    "AgentPackage",
+    "BootstrapResult",
+    "Probe",
+    "Started",
+    "agent_command",
+    "agent_package",
+    "bootstrap",
+    "problems",
+    "probe",
+    "start_agent",
+    "upload",
+]

@@ -14,14 +14,23 @@ from edgecompress.errors import ConfigError
 def transport_for(profile: DeviceProfile, **options: Any) -> Transport:
     """The transport a profile names; SSH options: accept_new_host, known_hosts, ssh_config, cache_dir, on_event."""
     if profile.transport == "local":
-        return LocalTransport(python=profile.python, cache_dir=options.get("cache_dir") or profile.cache_dir,
-                              name=profile.name, sysfs_root=profile.sysfs_root)
+        return LocalTransport(
+            python=profile.python,
+            cache_dir=options.get("cache_dir") or profile.cache_dir,
+            name=profile.name,
+            sysfs_root=profile.sysfs_root,
+        )
     if profile.transport == "ssh":
         from edgecompress.device._ssh import SshTransport  # paramiko is only imported for SSH devices
 
-        return SshTransport(profile, accept_new_host=options.get("accept_new_host"),
-                            known_hosts=options.get("known_hosts"), ssh_config=options.get("ssh_config"),
-                            cache_dir=options.get("cache_dir"), on_event=options.get("on_event"))
+        return SshTransport(
+            profile,
+            accept_new_host=options.get("accept_new_host"),
+            known_hosts=options.get("known_hosts"),
+            ssh_config=options.get("ssh_config"),
+            cache_dir=options.get("cache_dir"),
+            on_event=options.get("on_event"),
+        )
     raise ConfigError(f"device {profile.name}: transport {profile.transport!r} is not available yet")
 
 
@@ -35,14 +44,20 @@ def open_session(profile: DeviceProfile, on_event: Callable[[str], None] | None 
 def measure_request(profile: DeviceProfile, **overrides: Any) -> MeasureRequest:
     """The profile's measurement defaults (timing, power, thermal), with any non-None overrides."""
     fields: dict[str, Any] = {
-        "runtime": profile.runtime.name, "threads": profile.runtime.threads,
-        "providers": tuple(profile.runtime.providers), "affinity": tuple(profile.runtime.affinity),
+        "runtime": profile.runtime.name,
+        "threads": profile.runtime.threads,
+        "providers": tuple(profile.runtime.providers),
+        "affinity": tuple(profile.runtime.affinity),
         **profile.measure.model_dump(),
     }
     power, heat = profile.power, profile.thermal
     extra: dict[str, Any] = {
-        "power_source": power.source, "power_command": power.command, "power_interval_s": power.interval_s,
-        "idle_seconds": power.idle_seconds, "start_temp_c": heat.start_temp_c, "max_wait_s": heat.max_wait_s,
+        "power_source": power.source,
+        "power_command": power.command,
+        "power_interval_s": power.interval_s,
+        "idle_seconds": power.idle_seconds,
+        "start_temp_c": heat.start_temp_c,
+        "max_wait_s": heat.max_wait_s,
         "repeat_if_throttled": heat.repeat_if_throttled,
     }
     extra = {k: v for k, v in extra.items() if v is not None}

@@ -35,8 +35,13 @@ ORT_MAX_OPSET: dict[tuple[int, int], int] = {
 }
 # Providers whose kernels run float16 natively: fp16 candidates are worth searching only there (on a CPU provider
 # an fp16 model is cast back to float32 op by op and is slower than fp32).
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
-                 "MIGraphXExecutionProvider", "DmlExecutionProvider")
+GPU_PROVIDERS = (
+    "CUDAExecutionProvider",
+    "TensorrtExecutionProvider",
+    "ROCMExecutionProvider",
+    "MIGraphXExecutionProvider",
+    "DmlExecutionProvider",
+)
 
 
 def version_tuple(version: str | None) -> tuple[int, ...]:
@@ -86,8 +91,9 @@ def onnx_opset(data: bytes) -> int | None:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def check_runtime(profile: DeviceProfile, hello: Mapping[str, Any], runtime: str | None = None,
-                  model: bytes | None = None) -> Mapping[str, Any]:
+def check_runtime(
+    profile: DeviceProfile, hello: Mapping[str, Any], runtime: str | None = None, model: bytes | None = None
+) -> Mapping[str, Any]:
     """The device's entry for ``runtime`` (default: the profile's), or a ConfigError saying what is missing.
 
     Checked: the runtime is importable on the device, its version is at least the profile's ``min_version``, it
@@ -99,27 +105,37 @@ def check_runtime(profile: DeviceProfile, hello: Mapping[str, Any], runtime: str
     entry = runtime_entry(hello, wanted)
     if entry is None:
         found = ", ".join(f"{r.get('name')} {r.get('version')}" for r in hello.get("runtimes") or ()) or "none"
-        hint = ("pip install ai-edge-litert (or tflite-runtime) for that Python" if wanted == "tflite"
-                else "pip install onnxruntime (onnxruntime-gpu on a Jetson) for that Python")
-        raise ConfigError(f"device {profile.name} ({board}): {wanted} is not importable by {_python(hello)} "
-                          f"(runtimes found: {found}); {hint}")
+        hint = (
+            "pip install ai-edge-litert (or tflite-runtime) for that Python"
+            if wanted == "tflite"
+            else "pip install onnxruntime (onnxruntime-gpu on a Jetson) for that Python"
+        )
+        raise ConfigError(
+            f"device {profile.name} ({board}): {wanted} is not importable by {_python(hello)} "
+            f"(runtimes found: {found}); {hint}"
+        )
     version = entry.get("version")
     if wanted == profile.runtime.name:
         minimum = profile.runtime.min_version
         if minimum and version_tuple(version) < version_tuple(minimum):
-            raise ConfigError(f"device {profile.name}: {wanted} {version} is older than the profile's "
-                              f"min_version {minimum}")
+            raise ConfigError(
+                f"device {profile.name}: {wanted} {version} is older than the profile's min_version {minimum}"
+            )
         available = list(entry.get("providers") or ())
         missing = [p for p in profile.runtime.providers if p not in available]
         if missing:
-            raise ConfigError(f"device {profile.name}: the profile expects {', '.join(missing)} but {wanted} "
-                              f"{version} on {board} reports {', '.join(available) or 'no providers'}; install a "
-                              "build with those providers or remove them from [runtime] providers")
+            raise ConfigError(
+                f"device {profile.name}: the profile expects {', '.join(missing)} but {wanted} "
+                f"{version} on {board} reports {', '.join(available) or 'no providers'}; install a "
+                "build with those providers or remove them from [runtime] providers"
+            )
     if model is not None and wanted == "onnxruntime":
         limit, opset = max_opset_for(version), onnx_opset(model)
         if limit is not None and opset is not None and opset > limit:
-            raise ConfigError(f"the model is ONNX opset {opset}, above what onnxruntime {version} on "
-                              f"{profile.name} loads (at most {limit}); export it at opset {limit} or lower")
+            raise ConfigError(
+                f"the model is ONNX opset {opset}, above what onnxruntime {version} on "
+                f"{profile.name} loads (at most {limit}); export it at opset {limit} or lower"
+            )
     return entry
 
 

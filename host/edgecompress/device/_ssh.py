@@ -100,8 +100,12 @@ def _lookup(config: paramiko.SSHConfig, settings: SshSettings) -> dict[str, Any]
     return dict(config._lookup(settings.host, options, final=True))
 
 
-def resolve_target(settings: SshSettings, accept_new_host: bool | None = None, known_hosts: str | None = None,
-                   config_file: str | None = None) -> SshTarget:
+def resolve_target(
+    settings: SshSettings,
+    accept_new_host: bool | None = None,
+    known_hosts: str | None = None,
+    config_file: str | None = None,
+) -> SshTarget:
     """Merge a profile's [ssh] table with ~/.ssh/config for its host (which may be an alias there)."""
     config_path = config_file or settings.config_file or DEFAULT_CONFIG
     entry = _lookup(_ssh_config(config_path), settings)
@@ -128,15 +132,19 @@ def resolve_target(settings: SshSettings, accept_new_host: bool | None = None, k
         identity_files=files,
         proxy_command=None if not proxy_command or proxy_command.lower() == "none" else proxy_command,
         proxy_jump=None if not proxy_jump or proxy_jump.lower() == "none" else proxy_jump,
-        known_hosts=known_hosts or settings.known_hosts or (entry.get("userknownhostsfile") or "").split(" ")[0]
+        known_hosts=known_hosts
+        or settings.known_hosts
+        or (entry.get("userknownhostsfile") or "").split(" ")[0]
         or DEFAULT_KNOWN_HOSTS,
         host_key_alias=entry.get("hostkeyalias"),
         accept_new_host=bool(accept_new_host or settings.accept_new_host or config_accepts_new),
         allow_agent=settings.allow_agent,
         look_for_keys=str(entry.get("identitiesonly", "no")).lower() != "yes",
-        connect_timeout_s=settings.connect_timeout_s if "connect_timeout_s" in explicit
+        connect_timeout_s=settings.connect_timeout_s
+        if "connect_timeout_s" in explicit
         else number("connecttimeout", settings.connect_timeout_s),
-        keepalive_s=settings.keepalive_s if "keepalive_s" in explicit
+        keepalive_s=settings.keepalive_s
+        if "keepalive_s" in explicit
         else number("serveraliveinterval", settings.keepalive_s),
         config_file=config_path,
     )
@@ -159,20 +167,24 @@ class _StrictPolicy(paramiko.MissingHostKeyPolicy):
         known = self.known.lookup(hostname)
         path = Path(self.target.known_hosts).expanduser()
         if key.get_base64() in self.revoked:
-            raise HostKeyError(f"the host key of {self.target.display} ({key.get_name()} {fingerprint(key)}) is "
-                               f"marked @revoked in known_hosts; refusing to connect")
+            raise HostKeyError(
+                f"the host key of {self.target.display} ({key.get_name()} {fingerprint(key)}) is "
+                f"marked @revoked in known_hosts; refusing to connect"
+            )
         if known:
             types = ", ".join(sorted(known.keys()))
             raise HostKeyError(
                 f"HOST KEY OF {self.target.display} HAS CHANGED: it now offers {key.get_name()} {fingerprint(key)}, "
                 f"known_hosts ({path}) holds only {types} keys for {hostname}. Refusing to connect, even with "
                 f"--accept-new-host: someone may be intercepting the connection, or the device was reinstalled; "
-                f"if you know it was, remove the old key with `ssh-keygen -R '{hostname}' -f {path}`")
+                f"if you know it was, remove the old key with `ssh-keygen -R '{hostname}' -f {path}`"
+            )
         if not self.target.accept_new_host:
             raise HostKeyError(
                 f"the host key of {self.target.display} is unknown ({key.get_name()} {fingerprint(key)}, not in "
                 f"{path}); if that fingerprint is right, accept it once with --accept-new-host "
-                f"(or accept_new_host = true in the profile's [ssh] table)")
+                f"(or accept_new_host = true in the profile's [ssh] table)"
+            )
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
         needs_newline = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
@@ -220,8 +232,12 @@ def _tune_socket(sock: Any, keepalive_s: float) -> None:
         return
     idle = max(1, int(keepalive_s))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", idle), ("TCP_KEEPCNT", 3),
-                        ("TCP_USER_TIMEOUT", idle * 4 * 1000)):
+    for name, value in (
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", idle),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", idle * 4 * 1000),
+    ):
         if hasattr(socket, name):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
@@ -248,7 +264,7 @@ class Connection:
 
 def _parse_hop(hop: str) -> SshSettings:
     user, _, rest = hop.rpartition("@")
-    host, _, port = rest.partition(":") if not rest.startswith("[") else (rest[1:rest.index("]")], "", "")
+    host, _, port = rest.partition(":") if not rest.startswith("[") else (rest[1 : rest.index("]")], "", "")
     return SshSettings(host=host, user=user or None, port=int(port) if port else None)
 
 
@@ -259,8 +275,12 @@ def connect(target: SshTarget, sock: Any = None) -> Connection:
     try:
         if sock is None and target.proxy_jump:
             for hop in target.proxy_jump.split(","):
-                hop_target = resolve_target(_parse_hop(hop.strip()), accept_new_host=target.accept_new_host,
-                                            known_hosts=target.known_hosts, config_file=target.config_file)
+                hop_target = resolve_target(
+                    _parse_hop(hop.strip()),
+                    accept_new_host=target.accept_new_host,
+                    known_hosts=target.known_hosts,
+                    config_file=target.config_file,
+                )
                 # Each hop resolves its own alias but not its own proxies: a ProxyJump * would loop forever.
                 hop_target = dataclasses.replace(hop_target, proxy_jump=None, proxy_command=None)
                 hop_connection = connect(hop_target, sock=_forward(jumps[-1], hop_target) if jumps else None)
@@ -299,8 +319,9 @@ def _forward(jump: paramiko.SSHClient, target: SshTarget) -> paramiko.Channel:
     transport = jump.get_transport()
     assert transport is not None
     try:
-        return transport.open_channel("direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
-                                      timeout=target.connect_timeout_s)
+        return transport.open_channel(
+            "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0), timeout=target.connect_timeout_s
+        )
     except (OSError, paramiko.SSHException) as exc:
         raise ConnectionLost(f"the jump host cannot reach {target.display}: {exc}") from exc
 
@@ -310,10 +331,17 @@ def _connect_client(client: paramiko.SSHClient, target: SshTarget, sock: Any) ->
     keys = [p for p in target.identity_files if Path(p).is_file()]
     try:
         client.connect(
-            target.hostname, target.port, username=target.user, key_filename=keys or None,
-            timeout=target.connect_timeout_s, banner_timeout=target.connect_timeout_s,
-            auth_timeout=target.connect_timeout_s, channel_timeout=target.connect_timeout_s,
-            allow_agent=target.allow_agent, look_for_keys=target.look_for_keys, sock=sock,
+            target.hostname,
+            target.port,
+            username=target.user,
+            key_filename=keys or None,
+            timeout=target.connect_timeout_s,
+            banner_timeout=target.connect_timeout_s,
+            auth_timeout=target.connect_timeout_s,
+            channel_timeout=target.connect_timeout_s,
+            allow_agent=target.allow_agent,
+            look_for_keys=target.look_for_keys,
+            sock=sock,
         )
     except HostKeyError:
         client.close()
@@ -325,25 +353,32 @@ def _connect_client(client: paramiko.SSHClient, target: SshTarget, sock: Any) ->
             f"HOST KEY OF {where} HAS CHANGED: it offers {exc.key.get_name()} {fingerprint(exc.key)}, known_hosts "
             f"({path}) expects {fingerprint(exc.expected_key)}. Refusing to connect, even with --accept-new-host: "
             "someone may be intercepting the connection, or the device was reinstalled; if you know it was, "
-            f"remove the old key with `ssh-keygen -R '{target.host_key_name}' -f {path}`") from exc
+            f"remove the old key with `ssh-keygen -R '{target.host_key_name}' -f {path}`"
+        ) from exc
     except paramiko.PasswordRequiredException as exc:
         client.close()
-        raise DeviceError(f"a key for {where} is encrypted: load it into ssh-agent with `ssh-add` "
-                          "(passwords and passphrases are never stored in profiles)") from exc
+        raise DeviceError(
+            f"a key for {where} is encrypted: load it into ssh-agent with `ssh-add` "
+            "(passwords and passphrases are never stored in profiles)"
+        ) from exc
     except paramiko.AuthenticationException as exc:
         client.close()
         tried = ", ".join(keys) or "default keys"
-        raise DeviceError(f"authentication as {target.user} on {where} failed (tried ssh-agent and {tried}): add your "
-                          f"public key to ~/.ssh/authorized_keys there, e.g. `ssh-copy-id -p {target.port} "
-                          f"{target.user}@{target.hostname}`") from exc
+        raise DeviceError(
+            f"authentication as {target.user} on {where} failed (tried ssh-agent and {tried}): add your "
+            f"public key to ~/.ssh/authorized_keys there, e.g. `ssh-copy-id -p {target.port} "
+            f"{target.user}@{target.hostname}`"
+        ) from exc
     except paramiko.SSHException as exc:
         if "No authentication methods" not in str(exc):
             client.close()
             raise _unreachable(where, exc) from exc
         client.close()
         agent = "ssh-agent holds no key" if os.environ.get("SSH_AUTH_SOCK") else "no ssh-agent (SSH_AUTH_SOCK unset)"
-        raise DeviceError(f"no key to log in to {where} with: no identity file found and {agent}; set "
-                          "identity_file in the profile, IdentityFile in ~/.ssh/config, or `ssh-add` a key") from exc
+        raise DeviceError(
+            f"no key to log in to {where} with: no identity file found and {agent}; set "
+            "identity_file in the profile, IdentityFile in ~/.ssh/config, or `ssh-add` a key"
+        ) from exc
     except socket.gaierror as exc:
         client.close()
         raise DeviceError(f"cannot resolve {target.hostname} (device {where}): {exc.strerror}") from exc
@@ -402,9 +437,16 @@ class SshChannel:
 class SshTransport:
     """Starts the agent on a device over SSH; each ``open()`` is a new connection (see the module docstring)."""
 
-    def __init__(self, profile: DeviceProfile, accept_new_host: bool | None = None, known_hosts: str | None = None,
-                 ssh_config: str | None = None, cache_dir: str | None = None,
-                 on_event: Callable[[str], None] | None = None, require_runtime: bool = True):
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        accept_new_host: bool | None = None,
+        known_hosts: str | None = None,
+        ssh_config: str | None = None,
+        cache_dir: str | None = None,
+        on_event: Callable[[str], None] | None = None,
+        require_runtime: bool = True,
+    ):
         if profile.ssh is None:
             raise ConfigError(f"device {profile.name}: transport = 'ssh' needs an [ssh] table with a host")
         self.profile = profile
@@ -431,9 +473,17 @@ class SshTransport:
 
     def prepare(self, connection: Connection) -> BootstrapResult:
         """Probe the device and install the agent if this version is missing, without starting it."""
-        result = bootstrap(connection.client, self.python, self.cache_dir, self.profile.runtime.name, self.device,
-                           require_runtime=self.require_runtime, package=self.package, on_event=self.on_event,
-                           timeout_s=self.probe_timeout_s)
+        result = bootstrap(
+            connection.client,
+            self.python,
+            self.cache_dir,
+            self.profile.runtime.name,
+            self.device,
+            require_runtime=self.require_runtime,
+            package=self.package,
+            on_event=self.on_event,
+            timeout_s=self.probe_timeout_s,
+        )
         self.last_bootstrap = result
         return result
 
@@ -444,9 +494,17 @@ class SshTransport:
         """Start the agent on an exec channel of ``connection``, installing it first if it is missing."""
         try:
             started, result = start_agent(
-                connection.client, self.python, self.cache_dir, self.profile.runtime.name, self.device,
-                require_runtime=self.require_runtime, package=self.package, token=self.token,
-                on_event=self.on_event, timeout_s=self.probe_timeout_s)
+                connection.client,
+                self.python,
+                self.cache_dir,
+                self.profile.runtime.name,
+                self.device,
+                require_runtime=self.require_runtime,
+                package=self.package,
+                token=self.token,
+                on_event=self.on_event,
+                timeout_s=self.probe_timeout_s,
+            )
         except BaseException:
             connection.close()
             raise

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import edgecompress_agent
-
 from edgecompress.errors import DeviceError
 
 
@@ -103,8 +102,13 @@ class _ProcessChannel:
 class LocalTransport:
     """Runs the agent as a subprocess of the host: the embedded default device."""
 
-    def __init__(self, python: str | None = None, cache_dir: str | None = None, name: str = "local",
-                 sysfs_root: str | None = None):
+    def __init__(
+        self,
+        python: str | None = None,
+        cache_dir: str | None = None,
+        name: str = "local",
+        sysfs_root: str | None = None,
+    ):
         self.python = python or sys.executable
         self.cache_dir = cache_dir
         self.name = name
@@ -117,7 +121,10 @@ class LocalTransport:
         try:
             process = subprocess.Popen(
                 [self.python, *agent_args(self.cache_dir, self.sysfs_root)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
                 # Ctrl-C goes to the host, which stops cleanly and then closes the agent itself.
                 start_new_session=True,
             )

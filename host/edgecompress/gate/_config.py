@@ -77,7 +77,7 @@ def budget_texts(value: object, origin: str = "budgets") -> list[str]:
         texts = []
         for key, limit in _flatten(value):
             if isinstance(limit, bool) or not isinstance(limit, str | int | float):
-                raise ConfigError(f"{origin}: {key} = {limit!r}; give a limit such as \"20ms\" or \"0.9x\"")
+                raise ConfigError(f'{origin}: {key} = {limit!r}; give a limit such as "20ms" or "0.9x"')
             if isinstance(limit, str):
                 text = limit.strip()
                 texts.append(f"{key}{text}" if text.startswith("<") else f"{key}<={text}")
@@ -124,10 +124,12 @@ class RegressionSettings(BaseModel):
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     method: str = "bootstrap"
     resamples: int = Field(default=2000, ge=100, le=100_000)
-    baseline_runs: int = Field(default=5, ge=1, le=100,
-                               description="passing runs of the history whose spread is the run-to-run noise")
-    confirm: int = Field(default=1, ge=0, le=5,
-                         description="re-measurements in a fresh agent before a flagged slowdown counts")
+    baseline_runs: int = Field(
+        default=5, ge=1, le=100, description="passing runs of the history whose spread is the run-to-run noise"
+    )
+    confirm: int = Field(
+        default=1, ge=0, le=5, description="re-measurements in a fresh agent before a flagged slowdown counts"
+    )
     # metric -> its tolerance; None takes the default tolerance
     metrics: dict[str, float | None] = Field(default_factory=lambda: dict.fromkeys(DEFAULT_REGRESSION_METRICS))
 
@@ -158,9 +160,12 @@ class RegressionSettings(BaseModel):
 
     def policy(self, metric: str) -> RegressionPolicy:
         tolerance = self.metrics.get(metric)
-        return RegressionPolicy(tolerance=self.tolerance if tolerance is None else tolerance,
-                                confidence=self.confidence, method=self.method,  # type: ignore[arg-type]
-                                resamples=self.resamples)
+        return RegressionPolicy(
+            tolerance=self.tolerance if tolerance is None else tolerance,
+            confidence=self.confidence,
+            method=self.method,  # type: ignore[arg-type]
+            resamples=self.resamples,
+        )
 
     def with_tolerances(self, flags: Iterable[str]) -> RegressionSettings:
         """Apply ``--tolerance`` flags: ``5%`` sets the default, ``latency.p99=10%`` tests that metric too."""
@@ -179,8 +184,10 @@ def check_regression_metric(name: str) -> None:
     """A ConfigError unless ``name`` can be regression-tested: a statistic of the latency sample, or the size."""
     if name == "size" or sample_statistic(name) is not None:
         return
-    raise ConfigError(f"regression metric {name!r}: only latency.mean, latency.pNN (e.g. latency.p50, latency.p99) "
-                      "and size can be compared with a baseline; constrain other metrics with a budget")
+    raise ConfigError(
+        f"regression metric {name!r}: only latency.mean, latency.pNN (e.g. latency.p50, latency.p99) "
+        "and size can be compared with a baseline; constrain other metrics with a budget"
+    )
 
 
 class CheckConfig(BaseModel):
@@ -219,8 +226,10 @@ def parse_check_config(text: str, origin: str) -> CheckConfig:
         raise ConfigError(f"{origin}: check must be a table, not {type(section).__name__}")
     if "budgets" in section or "budget_texts" in section:
         # One place for budgets, shared with tune: the top level of the file.
-        raise ConfigError(f"{origin}: budgets go at the top level of the file (a budgets list before any table, or "
-                          "a budgets table), not in the check table")
+        raise ConfigError(
+            f"{origin}: budgets go at the top level of the file (a budgets list before any table, or "
+            "a budgets table), not in the check table"
+        )
     texts = tuple(budget.text for budget in read_budgets(data, origin))
     try:
         return CheckConfig.model_validate({**section, "budget_texts": texts})

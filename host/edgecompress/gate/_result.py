@@ -42,14 +42,22 @@ class RegressionOutcome:
     result: RegressionResult | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"metric": self.metric, "status": self.status, "message": self.message,
-                "result": None if self.result is None else self.result.to_json()}
+        return {
+            "metric": self.metric,
+            "status": self.status,
+            "message": self.message,
+            "result": None if self.result is None else self.result.to_json(),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RegressionOutcome:
         result = data.get("result")
-        return cls(data["metric"], data["status"], data["message"],
-                   None if result is None else RegressionResult.from_json(result))
+        return cls(
+            data["metric"],
+            data["status"],
+            data["message"],
+            None if result is None else RegressionResult.from_json(result),
+        )
 
 
 @dataclass(frozen=True)
@@ -70,18 +78,29 @@ class Baseline:
     run_values: tuple[dict[str, float | None], ...] = ()
 
     @classmethod
-    def from_result_json(cls, data: dict[str, Any], source: str,
-                         earlier: tuple[dict[str, float | None], ...] = ()) -> Baseline:
+    def from_result_json(
+        cls, data: dict[str, Any], source: str, earlier: tuple[dict[str, float | None], ...] = ()
+    ) -> Baseline:
         """A baseline from a check result (a ``--json`` file or a history line)."""
         if data.get("schema") != SCHEMA:
-            raise ConfigError(f"{source}: not an edgecompress check result (schema {data.get('schema')!r}, "
-                              f"expected {SCHEMA!r}); write one with `edgecompress check ... --json FILE`")
+            raise ConfigError(
+                f"{source}: not an edgecompress check result (schema {data.get('schema')!r}, "
+                f"expected {SCHEMA!r}); write one with `edgecompress check ... --json FILE`"
+            )
         try:
-            return cls(source=source, model=data["model"], device=data["device"], runtime=data["runtime"],
-                       runtime_version=data.get("runtime_version"), sha256=data["sha256"],
-                       started_utc=data["started_utc"], values=dict(data["values"]),
-                       latencies_ns=tuple(int(x) for x in data["latencies_ns"]), size_bytes=int(data["size_bytes"]),
-                       run_values=(*earlier, dict(data["values"])))
+            return cls(
+                source=source,
+                model=data["model"],
+                device=data["device"],
+                runtime=data["runtime"],
+                runtime_version=data.get("runtime_version"),
+                sha256=data["sha256"],
+                started_utc=data["started_utc"],
+                values=dict(data["values"]),
+                latencies_ns=tuple(int(x) for x in data["latencies_ns"]),
+                size_bytes=int(data["size_bytes"]),
+                run_values=(*earlier, dict(data["values"])),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: incomplete check result ({type(exc).__name__}: {exc})") from exc
 
@@ -133,24 +152,44 @@ class CheckResult:
 
     def failed_checks(self) -> list[str]:
         """The names of the failing checks: budget texts and ``regression METRIC``."""
-        return [o.budget if isinstance(o, BudgetOutcome) else f"regression {o.metric}"
-                for o in self.outcomes if o.status in ("fail", "error")]
+        return [
+            o.budget if isinstance(o, BudgetOutcome) else f"regression {o.metric}"
+            for o in self.outcomes
+            if o.status in ("fail", "error")
+        ]
 
     def problems(self) -> list[str]:
         """One line per failing or unmeasurable budget and per regression."""
-        return [f"{o.status.upper()} {o.budget if isinstance(o, BudgetOutcome) else 'regression ' + o.metric}: "
-                f"{o.message}" for o in self.outcomes if o.status in ("fail", "error")]
+        return [
+            f"{o.status.upper()} {o.budget if isinstance(o, BudgetOutcome) else 'regression ' + o.metric}: {o.message}"
+            for o in self.outcomes
+            if o.status in ("fail", "error")
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "schema": SCHEMA, "passed": self.passed, "exit_code": self.exit_code,
-            "model": self.model, "model_path": self.model_path, "sha256": self.sha256, "size_bytes": self.size_bytes,
-            "device": self.device, "board": self.board, "runtime": self.runtime,
-            "runtime_version": self.runtime_version, "providers": list(self.providers),
-            "agent_version": self.agent_version, "started_utc": self.started_utc, "settings": self.settings,
-            "values": self.values, "latency": self.latency,
-            "budgets": [b.to_json() for b in self.budgets], "regressions": [r.to_json() for r in self.regressions],
-            "baseline": self.baseline, "notes": list(self.notes), "extra": self.extra,
+            "schema": SCHEMA,
+            "passed": self.passed,
+            "exit_code": self.exit_code,
+            "model": self.model,
+            "model_path": self.model_path,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "device": self.device,
+            "board": self.board,
+            "runtime": self.runtime,
+            "runtime_version": self.runtime_version,
+            "providers": list(self.providers),
+            "agent_version": self.agent_version,
+            "started_utc": self.started_utc,
+            "settings": self.settings,
+            "values": self.values,
+            "latency": self.latency,
+            "budgets": [b.to_json() for b in self.budgets],
+            "regressions": [r.to_json() for r in self.regressions],
+            "baseline": self.baseline,
+            "notes": list(self.notes),
+            "extra": self.extra,
             "latencies_ns": list(self.latencies_ns),
         }
 
@@ -159,13 +198,24 @@ class CheckResult:
         if data.get("schema") != SCHEMA:
             raise ConfigError(f"not an edgecompress check result (schema {data.get('schema')!r})")
         return cls(
-            model=data["model"], model_path=data["model_path"], sha256=data["sha256"], size_bytes=data["size_bytes"],
-            device=data["device"], board=data.get("board"), runtime=data["runtime"],
-            runtime_version=data.get("runtime_version"), providers=tuple(data.get("providers") or ()),
-            agent_version=data.get("agent_version"), started_utc=data["started_utc"],
-            settings=dict(data.get("settings") or {}), values=dict(data["values"]), latency=dict(data["latency"]),
+            model=data["model"],
+            model_path=data["model_path"],
+            sha256=data["sha256"],
+            size_bytes=data["size_bytes"],
+            device=data["device"],
+            board=data.get("board"),
+            runtime=data["runtime"],
+            runtime_version=data.get("runtime_version"),
+            providers=tuple(data.get("providers") or ()),
+            agent_version=data.get("agent_version"),
+            started_utc=data["started_utc"],
+            settings=dict(data.get("settings") or {}),
+            values=dict(data["values"]),
+            latency=dict(data["latency"]),
             latencies_ns=tuple(int(x) for x in data["latencies_ns"]),
             budgets=tuple(BudgetOutcome(**b) for b in data["budgets"]),
             regressions=tuple(RegressionOutcome.from_json(r) for r in data["regressions"]),
-            baseline=data.get("baseline"), notes=tuple(data.get("notes") or ()), extra=dict(data.get("extra") or {}),
+            baseline=data.get("baseline"),
+            notes=tuple(data.get("notes") or ()),
+            extra=dict(data.get("extra") or {}),
         )

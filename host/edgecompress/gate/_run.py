@@ -55,18 +55,27 @@ def budget_targets(budgets: Sequence[Budget], baseline: Baseline | None) -> dict
     targets = {}
     for budget in budgets:
         if budget.relative is not None and baseline is None:
-            raise ConfigError(f"budget {budget.text!r} is relative to the baseline, but there is none: give "
-                              "--baseline FILE, or --history with a passing run of this model on this device")
+            raise ConfigError(
+                f"budget {budget.text!r} is relative to the baseline, but there is none: give "
+                "--baseline FILE, or --history with a passing run of this model on this device"
+            )
         if budget.relative is not None and baseline is not None and baseline.values.get(budget.key) is None:
-            raise ConfigError(f"budget {budget.text!r} is relative, but the baseline ({baseline.source}) has no "
-                              f"{budget.key}")
+            raise ConfigError(
+                f"budget {budget.text!r} is relative, but the baseline ({baseline.source}) has no {budget.key}"
+            )
         targets[budget.key] = budget.target(None if baseline is None else baseline.values.get(budget.key))
     return targets
 
 
-def measure_model(profile: DeviceProfile, artifact: Artifact, spec: MeasureRequest, budgets: Sequence[Budget],
-                  targets: Mapping[str, float] | None = None, on_event: Callable[[str], None] | None = None,
-                  **session_options: Any) -> DeviceRun:
+def measure_model(
+    profile: DeviceProfile,
+    artifact: Artifact,
+    spec: MeasureRequest,
+    budgets: Sequence[Budget],
+    targets: Mapping[str, float] | None = None,
+    on_event: Callable[[str], None] | None = None,
+    **session_options: Any,
+) -> DeviceRun:
     """Put the model on the device and measure it; DeviceError (exit 3) when the device or agent fails.
 
     With ``targets``, a budget whose confidence interval straddles its limit is measured again (observe pools up
@@ -90,21 +99,48 @@ def apply_budget(budget: Budget, target: float, value: float | None) -> BudgetOu
     """Pass, fail, or error (the metric has no value on this device)."""
     unit = budget.unit
     if value is None or math.isnan(value):
-        return BudgetOutcome(budget.text, budget.key, unit, target, None, "error",
-                             f"{budget.key} could not be measured on this device (no value)")
+        return BudgetOutcome(
+            budget.text,
+            budget.key,
+            unit,
+            target,
+            None,
+            "error",
+            f"{budget.key} could not be measured on this device (no value)",
+        )
     limit = format_value(target, unit)
     if budget.relative is not None:
         limit += f" ({budget.relative:g}x the baseline)"
     if value <= target:
-        return BudgetOutcome(budget.text, budget.key, unit, target, value, "pass",
-                             f"{budget.key} = {format_value(value, unit)} <= {limit}")
+        return BudgetOutcome(
+            budget.text,
+            budget.key,
+            unit,
+            target,
+            value,
+            "pass",
+            f"{budget.key} = {format_value(value, unit)} <= {limit}",
+        )
     over = f", {value / target - 1:.1%} over" if target > 0 and math.isfinite(value) else ""
-    return BudgetOutcome(budget.text, budget.key, unit, target, value, "fail",
-                         f"{budget.key} = {format_value(value, unit)} > {limit}{over}")
+    return BudgetOutcome(
+        budget.text,
+        budget.key,
+        unit,
+        target,
+        value,
+        "fail",
+        f"{budget.key} = {format_value(value, unit)} > {limit}{over}",
+    )
 
 
-def compare_with_baseline(metric: str, settings: RegressionSettings, baseline: Baseline | None,
-                          latencies_ns: Sequence[int], size_bytes: int, first_run: str) -> RegressionOutcome:
+def compare_with_baseline(
+    metric: str,
+    settings: RegressionSettings,
+    baseline: Baseline | None,
+    latencies_ns: Sequence[int],
+    size_bytes: int,
+    first_run: str,
+) -> RegressionOutcome:
     """One regression metric against the baseline; skipped without one."""
     if baseline is None:
         return RegressionOutcome(metric, "skipped", f"no baseline: {first_run}")
@@ -114,8 +150,13 @@ def compare_with_baseline(metric: str, settings: RegressionSettings, baseline: B
             result = compare_values(metric, float(baseline.size_bytes), float(size_bytes), policy.tolerance)
         else:
             # In ms, the unit of the latency metrics, so the result's values read like the budgets'.
-            result = compare_samples(metric, [x / 1e6 for x in baseline.latencies_ns], [x / 1e6 for x in latencies_ns],
-                                     policy, [v.get(metric) for v in baseline.run_values])
+            result = compare_samples(
+                metric,
+                [x / 1e6 for x in baseline.latencies_ns],
+                [x / 1e6 for x in latencies_ns],
+                policy,
+                [v.get(metric) for v in baseline.run_values],
+            )
     except ValueError as exc:
         return RegressionOutcome(metric, "error", f"cannot compare with the baseline: {exc}")
     return RegressionOutcome(metric, "fail" if result.regressed else "pass", result.describe(), result)
@@ -125,9 +166,18 @@ def _runtime_entry(hello: Mapping[str, Any], runtime: str) -> Mapping[str, Any]:
     return next((r for r in hello.get("runtimes") or () if r.get("name") == runtime), {})
 
 
-def evaluate(run: DeviceRun, *, model: str, model_path: str, device: str, spec: MeasureRequest,
-             budgets: Sequence[Budget], targets: Mapping[str, float], regression: RegressionSettings,
-             baseline: Baseline | None) -> CheckResult:
+def evaluate(
+    run: DeviceRun,
+    *,
+    model: str,
+    model_path: str,
+    device: str,
+    spec: MeasureRequest,
+    budgets: Sequence[Budget],
+    targets: Mapping[str, float],
+    regression: RegressionSettings,
+    baseline: Baseline | None,
+) -> CheckResult:
     """Decide from one measurement: every budget, every regression metric, and notes on what changed."""
     observation = run.observation
     runtime = _runtime_entry(run.hello, spec.runtime)
@@ -138,8 +188,7 @@ def evaluate(run: DeviceRun, *, model: str, model_path: str, device: str, spec: 
     latencies_ns = tuple(x for m in parts for x in m.latencies_ns)
     first_run = f"no passing run of {model} on {device} with {spec.runtime} yet (a passing run becomes the baseline)"
     regressions = tuple(
-        compare_with_baseline(metric, regression, baseline, latencies_ns,
-                              observation.size_bytes, first_run)
+        compare_with_baseline(metric, regression, baseline, latencies_ns, observation.size_bytes, first_run)
         for metric in regression.metrics
     )
     notes = [f"measurement flag: {flag}" for flag in observation.flags]  # e.g. throttled, iid_failed
@@ -151,27 +200,50 @@ def evaluate(run: DeviceRun, *, model: str, model_path: str, device: str, spec: 
         if baseline.sha256 == observation.sha256:
             notes.append("same model bytes as the baseline: any difference comes from the device or the runtime")
     return CheckResult(
-        model=model, model_path=model_path, sha256=observation.sha256, size_bytes=observation.size_bytes,
-        device=device, board=run.hello.get("board"), runtime=spec.runtime, runtime_version=runtime_version,
+        model=model,
+        model_path=model_path,
+        sha256=observation.sha256,
+        size_bytes=observation.size_bytes,
+        device=device,
+        board=run.hello.get("board"),
+        runtime=spec.runtime,
+        runtime_version=runtime_version,
         providers=tuple(observation.measurement.raw.get("providers") or ()),
-        agent_version=run.hello.get("agent_version"), started_utc=run.started_utc,
+        agent_version=run.hello.get("agent_version"),
+        started_utc=run.started_utc,
         settings={"measure": spec.to_fields(), "regression": regression.model_dump()},
-        values=dict(observation.values), latency=dict(observation.latency.to_json()),
-        latencies_ns=latencies_ns, budgets=outcomes, regressions=regressions,
-        baseline=None if baseline is None else {
-            "source": baseline.source, "sha256": baseline.sha256, "started_utc": baseline.started_utc,
-            "device": baseline.device, "runtime_version": baseline.runtime_version,
+        values=dict(observation.values),
+        latency=dict(observation.latency.to_json()),
+        latencies_ns=latencies_ns,
+        budgets=outcomes,
+        regressions=regressions,
+        baseline=None
+        if baseline is None
+        else {
+            "source": baseline.source,
+            "sha256": baseline.sha256,
+            "started_utc": baseline.started_utc,
+            "device": baseline.device,
+            "runtime_version": baseline.runtime_version,
         },
         notes=tuple(notes),
-        extra={"window_s": sum(float(m.raw.get("window_ns") or 0) for m in parts) / 1e9,
-               "observation": {k: v for k, v in observation.to_json().items() if k not in ("values", "latency")},
-               "measurement": {k: v for k, v in observation.measurement.raw.items() if k in ("before", "after")}},
+        extra={
+            "window_s": sum(float(m.raw.get("window_ns") or 0) for m in parts) / 1e9,
+            "observation": {k: v for k, v in observation.to_json().items() if k not in ("values", "latency")},
+            "measurement": {k: v for k, v in observation.measurement.raw.items() if k in ("before", "after")},
+        },
     )
 
 
-def measure_side_by_side(profile: DeviceProfile, artifact: Artifact, baseline_sha256: str, spec: MeasureRequest,
-                         rounds: int = 5, on_event: Callable[[str], None] | None = None,
-                         **session_options: Any) -> list[tuple[tuple[int, ...], tuple[int, ...]]] | None:
+def measure_side_by_side(
+    profile: DeviceProfile,
+    artifact: Artifact,
+    baseline_sha256: str,
+    spec: MeasureRequest,
+    rounds: int = 5,
+    on_event: Callable[[str], None] | None = None,
+    **session_options: Any,
+) -> list[tuple[tuple[int, ...], tuple[int, ...]]] | None:
     """Measure the baseline's model and the model alternately in one session: per round, (baseline, current) raw
     latencies. Each measurement is half the usual length, so the rounds cost what about five checks would.
 
@@ -202,8 +274,9 @@ def measure_side_by_side(profile: DeviceProfile, artifact: Artifact, baseline_sh
     return pairs
 
 
-def confirm_side_by_side(suspected: CheckResult, rounds: Sequence[tuple[Sequence[int], Sequence[int]]],
-                         settings: RegressionSettings) -> CheckResult:
+def confirm_side_by_side(
+    suspected: CheckResult, rounds: Sequence[tuple[Sequence[int], Sequence[int]]], settings: RegressionSettings
+) -> CheckResult:
     """Decide a flagged slowdown on the alternating measurement of both models: it counts only if it shows there.
 
     ``rounds`` holds (baseline model, model) latencies in ns per round. The budgets stay decided on the first
@@ -217,19 +290,37 @@ def confirm_side_by_side(suspected: CheckResult, rounds: Sequence[tuple[Sequence
             continue
         now = compare_paired(outcome.metric, rounds_ms, settings.policy(outcome.metric))
         verdict = "confirmed" if now.regressed else "not confirmed"
-        message = (f"{now.describe()} (side by side with the baseline's model now, {verdict}; the first measurement "
-                   f"against the baseline run gave ratio {outcome.result.ratio:.3f})")
+        message = (
+            f"{now.describe()} (side by side with the baseline's model now, {verdict}; the first measurement "
+            f"against the baseline run gave ratio {outcome.result.ratio:.3f})"
+        )
         merged.append(RegressionOutcome(outcome.metric, "fail" if now.regressed else "pass", message, now))
     side = {"rounds": len(rounds), "first": [r.to_json() for r in suspected.regressions]}
-    note = ("a slowdown was flagged, so the model and the baseline's model were measured alternately on the device "
-            "to confirm it")
-    return replace(suspected, regressions=tuple(merged), extra={**suspected.extra, "side_by_side": side},
-                   notes=(*suspected.notes, note))
+    note = (
+        "a slowdown was flagged, so the model and the baseline's model were measured alternately on the device "
+        "to confirm it"
+    )
+    return replace(
+        suspected,
+        regressions=tuple(merged),
+        extra={**suspected.extra, "side_by_side": side},
+        notes=(*suspected.notes, note),
+    )
 
 
-def run_check(artifact: Artifact, *, model: str, model_path: str, profile: DeviceProfile, spec: MeasureRequest,
-              budgets: Sequence[Budget], regression: RegressionSettings, baseline: Baseline | None,
-              on_event: Callable[[str], None] | None = None, **session_options: Any) -> CheckResult:
+def run_check(
+    artifact: Artifact,
+    *,
+    model: str,
+    model_path: str,
+    profile: DeviceProfile,
+    spec: MeasureRequest,
+    budgets: Sequence[Budget],
+    regression: RegressionSettings,
+    baseline: Baseline | None,
+    on_event: Callable[[str], None] | None = None,
+    **session_options: Any,
+) -> CheckResult:
     """Check one model on one device: ConfigError before any device time, DeviceError when the device fails."""
     targets = budget_targets(budgets, baseline)
     for metric in regression.metrics:
@@ -237,8 +328,17 @@ def run_check(artifact: Artifact, *, model: str, model_path: str, profile: Devic
 
     def measure_and_evaluate() -> CheckResult:
         run = measure_model(profile, artifact, spec, budgets, targets, on_event=on_event, **session_options)
-        return evaluate(run, model=model, model_path=model_path, device=profile.name, spec=spec, budgets=budgets,
-                        targets=targets, regression=regression, baseline=baseline)
+        return evaluate(
+            run,
+            model=model,
+            model_path=model_path,
+            device=profile.name,
+            spec=spec,
+            budgets=budgets,
+            targets=targets,
+            regression=regression,
+            baseline=baseline,
+        )
 
     result = measure_and_evaluate()
     if regression.confirm == 0 or not any(r.status == "fail" for r in result.regressions):
@@ -248,8 +348,15 @@ def run_check(artifact: Artifact, *, model: str, model_path: str, profile: Devic
     if baseline is not None and baseline.runtime_version == result.runtime_version:
         if on_event:
             on_event("slowdown flagged; measuring the model and the baseline's model alternately to confirm")
-        paired = measure_side_by_side(profile, artifact, baseline.sha256, spec, rounds=4 + regression.confirm,
-                                      on_event=on_event, **session_options)
+        paired = measure_side_by_side(
+            profile,
+            artifact,
+            baseline.sha256,
+            spec,
+            rounds=4 + regression.confirm,
+            on_event=on_event,
+            **session_options,
+        )
         if paired is not None:
             return confirm_side_by_side(result, paired, regression)
     for attempt in range(regression.confirm):
@@ -278,11 +385,23 @@ def confirm(suspected: CheckResult, again: CheckResult) -> CheckResult:
         if outcome.status == "fail":
             merged.append(replace(outcome, message=f"{outcome.message} (confirmed; {earlier})"))
         else:
-            merged.append(replace(outcome, message=f"{outcome.message} ({earlier}, not confirmed by this second "
-                                                   "measurement)"))
-    suspicions = [*suspected.extra.get("suspected", []),
-                  {"started_utc": suspected.started_utc, "values": suspected.values,
-                   "regressions": [r.to_json() for r in suspected.regressions]}]
-    return replace(again, regressions=tuple(merged), extra={**again.extra, "suspected": suspicions},
-                   notes=(*again.notes, f"measured twice: a slowdown flagged at {suspected.started_utc} was "
-                                        "re-measured in a fresh agent"))
+            merged.append(
+                replace(outcome, message=f"{outcome.message} ({earlier}, not confirmed by this second measurement)")
+            )
+    suspicions = [
+        *suspected.extra.get("suspected", []),
+        {
+            "started_utc": suspected.started_utc,
+            "values": suspected.values,
+            "regressions": [r.to_json() for r in suspected.regressions],
+        },
+    ]
+    return replace(
+        again,
+        regressions=tuple(merged),
+        extra={**again.extra, "suspected": suspicions},
+        notes=(
+            *again.notes,
+            f"measured twice: a slowdown flagged at {suspected.started_utc} was re-measured in a fresh agent",
+        ),
+    )

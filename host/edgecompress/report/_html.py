@@ -30,8 +30,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgecompress.report")
 REPORT_FILE = "report.html"
 RESULTS_FILE = "results.json"
-HOST_LIBRARIES = ("edgecompress", "torch", "torch-pruning", "onnx", "onnxruntime", "optuna", "numpy", "scipy",
-                  "matplotlib")
+HOST_LIBRARIES = (
+    "edgecompress",
+    "torch",
+    "torch-pruning",
+    "onnx",
+    "onnxruntime",
+    "optuna",
+    "numpy",
+    "scipy",
+    "matplotlib",
+)
 
 
 # -- data recorded for reports -----------------------------------------------------------------------------------------
@@ -56,9 +65,15 @@ def group_channels(space: SearchSpace, plan: CompressionPlan) -> list[dict[str, 
     from edgecompress.compress import kept_channels
 
     ratios = space.group_ratios(plan.ratios)
-    return [{"group": g.name, "before": g.channels, "ratio": ratios[g.name],
-             "after": kept_channels(g.channels, ratios[g.name], plan.round_to) if ratios[g.name] else g.channels}
-            for g in space.groups]
+    return [
+        {
+            "group": g.name,
+            "before": g.channels,
+            "ratio": ratios[g.name],
+            "after": kept_channels(g.channels, ratios[g.name], plan.round_to) if ratios[g.name] else g.channels,
+        }
+        for g in space.groups
+    ]
 
 
 def _unit(key: str) -> str:
@@ -89,8 +104,10 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
     if not Path(run_dir).is_dir():
         raise ConfigError(f"{run_dir} is not a folder")
     if not path.is_file():
-        raise ConfigError(f"{path} does not exist: not a tune run folder, or a run killed before it wrote results "
-                          f"(continue it with `edgecompress tune --resume {run_dir}`)")
+        raise ConfigError(
+            f"{path} does not exist: not a tune run folder, or a run killed before it wrote results "
+            f"(continue it with `edgecompress tune --resume {run_dir}`)"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -139,21 +156,36 @@ def _summary(results: Mapping[str, Any], keys: Sequence[tuple[str, str, float]])
     candidate = base.get("candidate") or {}
     final = results.get("final") or {}
     met = bool(final.get("met"))
-    rows: list[list[Any]] = [["accuracy", num(candidate.get("accuracy")), num(final.get("accuracy") if met else None),
-                              "", num(final.get("accuracy_drop") if met else None)]]
+    rows: list[list[Any]] = [
+        [
+            "accuracy",
+            num(candidate.get("accuracy")),
+            num(final.get("accuracy") if met else None),
+            "",
+            num(final.get("accuracy_drop") if met else None),
+        ]
+    ]
     for key, unit, target in keys:
         before = (base.get("values") or {}).get(key)
         after = (final.get("values") or {}).get(key) if met else None
         change = None if before in (None, 0) or after is None else after / before
-        rows.append([key, num(before, unit=unit), num(after, unit=unit), format_value(target, unit),
-                     num(change, 3, "x")])
+        rows.append(
+            [key, num(before, unit=unit), num(after, unit=unit), format_value(target, unit), num(change, 3, "x")]
+        )
     budgeted = {key for key, _, _ in keys}
     for label, field, unit in (("size", "size_bytes", "bytes"), ("MACs", "macs", ""), ("parameters", "params", "")):
         if label in budgeted:
             continue  # already a budget row
         before, after = candidate.get(field), final.get(field) if met else None
-        rows.append([label, num(before, unit=unit), num(after, unit=unit), "",
-                     num(None if not before or after is None else after / before, 3, "x")])
+        rows.append(
+            [
+                label,
+                num(before, unit=unit),
+                num(after, unit=unit),
+                "",
+                num(None if not before or after is None else after / before, 3, "x"),
+            ]
+        )
     rows.append(["sha256", (candidate.get("sha256") or "")[:16], (final.get("sha256") or "")[:16], "", ""])
     return table(("", "original", "final", "budget", "final / original (accuracy: drop)"), rows)
 
@@ -167,20 +199,32 @@ def _search_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
     items = []
     for key, unit, target in keys:
         schedule = (base.get("thresholds") or {}).get(key) or []
-        unmeasured = sum(1 for tr in trials if tr.get("state") == "COMPLETE"
-                         and (tr.get("values") or {}).get(key) is None)
-        bases = [(r["round"], (r["next_base"].get("values") or {}).get(key), r["next_base"].get("accuracy"))
-                 for r in rounds]
+        unmeasured = sum(
+            1 for tr in trials if tr.get("state") == "COMPLETE" and (tr.get("values") or {}).get(key) is None
+        )
+        bases = [
+            (r["round"], (r["next_base"].get("values") or {}).get(key), r["next_base"].get("accuracy")) for r in rounds
+        ]
         svg_text = plots.accuracy_vs_metric(
-            trials, key, unit, schedule, target, ((base.get("values") or {}).get(key), accuracy0 or 0.0),
-            ((final.get("values") or {}).get(key), final.get("accuracy", 0.0)) if final.get("met") else None, bases)
+            trials,
+            key,
+            unit,
+            schedule,
+            target,
+            ((base.get("values") or {}).get(key), accuracy0 or 0.0),
+            ((final.get("values") or {}).get(key), final.get("accuracy", 0.0)) if final.get("met") else None,
+            bases,
+        )
         caption = f"{len(trials)} trials; dashed lines: each round's threshold; solid: the budget."
         if unmeasured:
             caption += f" {unmeasured} trial(s) without a {key} value (over a host-checked budget, not measured)."
         items.append(fig(svg_text, caption))
     failed = sum(1 for tr in trials if tr.get("state") == "FAIL")
-    note = para(f"{failed} trial(s) failed and are not drawn; their reasons are in the trial table.", "note") \
-        if failed else Raw("")
+    note = (
+        para(f"{failed} trial(s) failed and are not drawn; their reasons are in the trial table.", "note")
+        if failed
+        else Raw("")
+    )
     return Raw(figs(items) + note)
 
 
@@ -189,15 +233,25 @@ def _schedule_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str,
     config = results.get("config") or {}
     schedule = {key: (base.get("thresholds") or {}).get(key) or [] for key, _, _ in keys}
     rounds = {r["round"]: r for r in results.get("rounds") or []}
-    measured = {key: [(rounds[t]["next_base"].get("values") or {}).get(key) if t in rounds else None
-                      for t in range(len(schedule[key]))] for key, _, _ in keys}
-    svg_text = plots.cooling_schedule(schedule, {k: u for k, u, _ in keys}, base.get("values") or {},
-                                      {k: t for k, _, t in keys}, measured)
+    measured = {
+        key: [
+            (rounds[t]["next_base"].get("values") or {}).get(key) if t in rounds else None
+            for t in range(len(schedule[key]))
+        ]
+        for key, _, _ in keys
+    }
+    svg_text = plots.cooling_schedule(
+        schedule, {k: u for k, u, _ in keys}, base.get("values") or {}, {k: t for k, _, t in keys}, measured
+    )
     kind = config.get("schedule")
-    caption = (f"{kind} schedule, alpha {config.get('alpha')}, {len(next(iter(schedule.values()), []))} round(s); "
-               "a budget the original already meets stays at the budget.")
-    rows = [[t, *[num(schedule[k][t] if t < len(schedule[k]) else None, unit=u) for k, u, _ in keys]]
-            for t in range(max((len(v) for v in schedule.values()), default=0))]
+    caption = (
+        f"{kind} schedule, alpha {config.get('alpha')}, {len(next(iter(schedule.values()), []))} round(s); "
+        "a budget the original already meets stays at the budget."
+    )
+    rows = [
+        [t, *[num(schedule[k][t] if t < len(schedule[k]) else None, unit=u) for k, u, _ in keys]]
+        for t in range(max((len(v) for v in schedule.values()), default=0))
+    ]
     return Raw(figs([fig(svg_text, caption)]) + table(("round", *[f"threshold {k}" for k, _, _ in keys]), rows))
 
 
@@ -205,8 +259,15 @@ def _progress_section(results: Mapping[str, Any]) -> Raw:
     trials = results.get("trials") or []
     accuracy0 = ((results.get("base") or {}).get("candidate") or {}).get("accuracy")
     svg_text = plots.best_feasible(trials, accuracy0)
-    return figs([fig(svg_text, "Filled: met the round's threshold. The line is the best such accuracy so far in "
-                               "the round; each round starts again because its threshold is tighter.")])
+    return figs(
+        [
+            fig(
+                svg_text,
+                "Filled: met the round's threshold. The line is the best such accuracy so far in "
+                "the round; each round starts again because its threshold is tighter.",
+            )
+        ]
+    )
 
 
 def _latency_rows(samples: Sequence[tuple[str, Sequence[int], TailEstimate | None]]) -> tuple[Raw, Raw]:
@@ -215,16 +276,26 @@ def _latency_rows(samples: Sequence[tuple[str, Sequence[int], TailEstimate | Non
 
     for label, sample, tail in samples:
         ms = np.asarray(sample, dtype=np.float64) / 1e6
-        stats_rows.append([label, num(int(ms.size)), num(float(ms.mean())), num(float(np.median(ms))),
-                           *[num(float(np.percentile(ms, q))) for q in (90, 99, 99.9)], num(float(ms.max()))])
+        stats_rows.append(
+            [
+                label,
+                num(int(ms.size)),
+                num(float(ms.mean())),
+                num(float(np.median(ms))),
+                *[num(float(np.percentile(ms, q))) for q in (90, 99, 99.9)],
+                num(float(ms.max())),
+            ]
+        )
         if tail is not None:
             verdict = tail.iid.verdict() if tail.iid else "i.i.d. not checked (fewer than 20 runs)"
-            tail_rows.append([label, tail.method, verdict,
-                              *[num(v) for v in tail.pwcet_ms.values()], "; ".join(tail.warnings)])
+            tail_rows.append(
+                [label, tail.method, verdict, *[num(v) for v in tail.pwcet_ms.values()], "; ".join(tail.warnings)]
+            )
     stats = table(("model", "runs", "mean ms", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"), stats_rows)
     probabilities = next((list(t.pwcet_ms) for _, _, t in samples if t is not None), [])
-    tails = table(("model", "pWCET method", "i.i.d. check", *[f"pWCET @{p:g}/run ms" for p in probabilities],
-                   "notes"), tail_rows)
+    tails = table(
+        ("model", "pWCET method", "i.i.d. check", *[f"pWCET @{p:g}/run ms" for p in probabilities], "notes"), tail_rows
+    )
     return stats, tails
 
 
@@ -242,10 +313,21 @@ def _latency_section(results: Mapping[str, Any]) -> Raw:
     hist = plots.latency_histogram([(n, s, c) for n, s, _, c in samples])
     tail = plots.tail_plot(samples)
     stats, tails = _latency_rows([(n, s, t) for n, s, t, _ in samples])
-    return Raw(figs([fig(hist, "Latency per inference on the device, both models on the same log bins."),
-                     fig(tail, "Exceedance probability per run. pWCET by extreme value theory where the sample "
-                               "is large enough and passes the i.i.d. check; otherwise the observed maximum.")])
-               + stats + tails + "".join(para(m, "note") for m in missing))
+    return Raw(
+        figs(
+            [
+                fig(hist, "Latency per inference on the device, both models on the same log bins."),
+                fig(
+                    tail,
+                    "Exceedance probability per run. pWCET by extreme value theory where the sample "
+                    "is large enough and passes the i.i.d. check; otherwise the observed maximum.",
+                ),
+            ]
+        )
+        + stats
+        + tails
+        + "".join(para(m, "note") for m in missing)
+    )
 
 
 def _energy_section(results: Mapping[str, Any]) -> Raw:
@@ -256,21 +338,48 @@ def _energy_section(results: Mapping[str, Any]) -> Raw:
     for name, observation in (("original", original), (label, final or {})):
         energy = observation.get("energy")
         if energy:
-            rows.append([name, energy.get("source"), num(energy.get("energy_mj"), unit="mJ"),
-                         num(energy.get("active_energy_mj"), unit="mJ"), num(energy.get("mean_power_w"), unit="W"),
-                         num(energy.get("idle_power_w"), unit="W"), "yes" if energy.get("partial") else "no"])
+            rows.append(
+                [
+                    name,
+                    energy.get("source"),
+                    num(energy.get("energy_mj"), unit="mJ"),
+                    num(energy.get("active_energy_mj"), unit="mJ"),
+                    num(energy.get("mean_power_w"), unit="W"),
+                    num(energy.get("idle_power_w"), unit="W"),
+                    "yes" if energy.get("partial") else "no",
+                ]
+            )
     measured = [tr for tr in trials if (tr.get("values") or {}).get("energy") is not None]
     if not rows and not measured:
-        hello = ((results.get("device") or {}).get("hello") or {})
-        sources = ", ".join(str(s.get("name", s)) if isinstance(s, dict) else str(s)
-                            for s in hello.get("power_sources") or []) or "none"
-        return para(f"Energy was not measured: the device's power sources: {sources}. Energy is reported as "
-                    "unavailable, never as zero.", "muted")
-    parts = [table(("model", "source", "energy / inference", "above idle", "mean power", "idle power",
-                    "partial rails"), rows)]
+        hello = (results.get("device") or {}).get("hello") or {}
+        sources = (
+            ", ".join(
+                str(s.get("name", s)) if isinstance(s, dict) else str(s) for s in hello.get("power_sources") or []
+            )
+            or "none"
+        )
+        return para(
+            f"Energy was not measured: the device's power sources: {sources}. Energy is reported as "
+            "unavailable, never as zero.",
+            "muted",
+        )
+    parts = [
+        table(
+            ("model", "source", "energy / inference", "above idle", "mean power", "idle power", "partial rails"), rows
+        )
+    ]
     if measured:
-        parts.insert(0, figs([fig(plots.energy_vs_accuracy(measured, "energy"),
-                                  f"{len(measured)} trial(s) with energy measured on the device.")]))
+        parts.insert(
+            0,
+            figs(
+                [
+                    fig(
+                        plots.energy_vs_accuracy(measured, "energy"),
+                        f"{len(measured)} trial(s) with energy measured on the device.",
+                    )
+                ]
+            ),
+        )
     return Raw("".join(parts))
 
 
@@ -298,21 +407,40 @@ def _plan_section(results: Mapping[str, Any]) -> Raw:
         quant = ", ".join(f"round {r['round']}: {r['next_base'].get('plan', {}).get('quant')}" for r in rounds)
         return Raw(table(headers, rows, sortable=True, id_="plan-table") + para(f"Numeric format: {quant}."))
     rows = [[r["round"], _plan_text(r["next_base"].get("plan"))] for r in rounds]
-    return Raw(table(("round", "chosen plan (ratio of channels removed per group or stage)"), rows)
-               + para("Channel counts per group were not recorded by this run (an older version).", "note"))
+    return Raw(
+        table(("round", "chosen plan (ratio of channels removed per group or stage)"), rows)
+        + para("Channel counts per group were not recorded by this run (an older version).", "note")
+    )
 
 
 def _rounds_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, float]]) -> Raw:
     rows = []
     for r in results.get("rounds") or []:
         nb = r["next_base"]
-        rows.append([r["round"], num(r["chosen_trial"]), "yes" if r.get("feasible") else "no (least violating)",
-                     *[num((r.get("thresholds") or {}).get(k), unit=u) for k, u, _ in keys],
-                     num(r.get("before_finetune_accuracy")), num(nb.get("accuracy")),
-                     *[num((nb.get("values") or {}).get(k), unit=u) for k, u, _ in keys],
-                     num(nb.get("macs")), _plan_text(nb.get("plan"))])
-    headers = ("round", "chosen trial", "met threshold", *[f"threshold {k}" for k, _, _ in keys],
-               "accuracy before fine-tune", "after fine-tune", *[f"{k} after" for k, _, _ in keys], "MACs", "plan")
+        rows.append(
+            [
+                r["round"],
+                num(r["chosen_trial"]),
+                "yes" if r.get("feasible") else "no (least violating)",
+                *[num((r.get("thresholds") or {}).get(k), unit=u) for k, u, _ in keys],
+                num(r.get("before_finetune_accuracy")),
+                num(nb.get("accuracy")),
+                *[num((nb.get("values") or {}).get(k), unit=u) for k, u, _ in keys],
+                num(nb.get("macs")),
+                _plan_text(nb.get("plan")),
+            ]
+        )
+    headers = (
+        "round",
+        "chosen trial",
+        "met threshold",
+        *[f"threshold {k}" for k, _, _ in keys],
+        "accuracy before fine-tune",
+        "after fine-tune",
+        *[f"{k} after" for k, _, _ in keys],
+        "MACs",
+        "plan",
+    )
     return table(headers, rows, sortable=True, id_="rounds-table")
 
 
@@ -326,20 +454,56 @@ def _trials_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
         ratios = list((plan.get("ratios") or {}).values())
         feasible = tr.get("feasible")
         mark = "✓" if feasible else ("✗" if feasible is False else "–")
-        rows.append([num(tr.get("round")), num(tr.get("number")), tr.get("state"), cell(mark, int(bool(feasible))),
-                     num(tr.get("accuracy")),
-                     *[num(values.get(k), unit=u) for k, u, _ in keys],
-                     *[num((tr.get("constraints") or {}).get(k) if isinstance(tr.get("constraints"), dict)
-                           else None, unit=u) for k, u, _ in keys],
-                     num(latency.get("p50_ms")), num(latency.get("p99_ms")), num(latency.get("max_ms")),
-                     num(candidate.get("size_bytes"), unit="bytes"), num(candidate.get("macs")), plan.get("quant", ""),
-                     num(sum(ratios) / len(ratios) if ratios else (0.0 if plan else None), 3),
-                     num(tr.get("duration_s"), 3), ", ".join((tr.get("observation") or {}).get("flags") or []),
-                     tr.get("fail_reason") or "", _plan_text(plan)])
-    headers = ("round", "trial", "state", "met", "accuracy", *keys_headers(keys), "p50 ms", "p99 ms", "max ms",
-               "model size", "MACs", "quant", "mean ratio", "seconds", "flags", "failure", "plan")
-    return Raw(para("Click a column header to sort.", "muted") + table(headers, rows, sortable=True,
-                                                                       id_="trials-table"))
+        rows.append(
+            [
+                num(tr.get("round")),
+                num(tr.get("number")),
+                tr.get("state"),
+                cell(mark, int(bool(feasible))),
+                num(tr.get("accuracy")),
+                *[num(values.get(k), unit=u) for k, u, _ in keys],
+                *[
+                    num(
+                        (tr.get("constraints") or {}).get(k) if isinstance(tr.get("constraints"), dict) else None,
+                        unit=u,
+                    )
+                    for k, u, _ in keys
+                ],
+                num(latency.get("p50_ms")),
+                num(latency.get("p99_ms")),
+                num(latency.get("max_ms")),
+                num(candidate.get("size_bytes"), unit="bytes"),
+                num(candidate.get("macs")),
+                plan.get("quant", ""),
+                num(sum(ratios) / len(ratios) if ratios else (0.0 if plan else None), 3),
+                num(tr.get("duration_s"), 3),
+                ", ".join((tr.get("observation") or {}).get("flags") or []),
+                tr.get("fail_reason") or "",
+                _plan_text(plan),
+            ]
+        )
+    headers = (
+        "round",
+        "trial",
+        "state",
+        "met",
+        "accuracy",
+        *keys_headers(keys),
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "model size",
+        "MACs",
+        "quant",
+        "mean ratio",
+        "seconds",
+        "flags",
+        "failure",
+        "plan",
+    )
+    return Raw(
+        para("Click a column header to sort.", "muted") + table(headers, rows, sortable=True, id_="trials-table")
+    )
 
 
 def keys_headers(keys: Sequence[tuple[str, str, float]]) -> list[str]:
@@ -350,33 +514,53 @@ def _drift_section(results: Mapping[str, Any]) -> Raw:
     rows = []
     for record in results.get("drift") or []:
         for i, m in enumerate(record.get("measurements") or []):
-            rows.append([record.get("round"), i + 1,
-                         ", ".join(f"{k} {v:.4g}" for k, v in (m.get("values") or {}).items() if v is not None),
-                         ", ".join(f"{k} {100 * v:+.1f}%" for k, v in (m.get("drift") or {}).items()),
-                         "yes" if record.get("warned") else "no"])
+            rows.append(
+                [
+                    record.get("round"),
+                    i + 1,
+                    ", ".join(f"{k} {v:.4g}" for k, v in (m.get("values") or {}).items() if v is not None),
+                    ", ".join(f"{k} {100 * v:+.1f}%" for k, v in (m.get("drift") or {}).items()),
+                    "yes" if record.get("warned") else "no",
+                ]
+            )
     if not rows:
         return para("No drift checks (a single round, or none reached).", "muted")
-    return Raw(para("Before each round after the first, the original model is measured again: a device whose "
-                    "speed drifted shifts every figure of the round.") +
-               table(("round", "measurement", "original now", "drift", "warned"), rows))
+    return Raw(
+        para(
+            "Before each round after the first, the original model is measured again: a device whose "
+            "speed drifted shifts every figure of the round."
+        )
+        + table(("round", "measurement", "original now", "drift", "warned"), rows)
+    )
 
 
 def _environment_rows(hello: Mapping[str, Any]) -> list[tuple[str, Any]]:
     cpu = hello.get("cpu") or {}
     memory = hello.get("memory") or {}
     python = hello.get("python") or {}
-    runtimes = "; ".join(f"{r.get('name')} {r.get('version')} ({', '.join(r.get('providers') or [])})"
-                         for r in hello.get("runtimes") or [])
-    sources = ", ".join(str(s.get("name", s)) if isinstance(s, dict) else str(s)
-                        for s in hello.get("power_sources") or []) or "none"
-    rows = [("board", hello.get("board")), ("L4T", hello.get("l4t")),
-            ("CPU", f"{cpu.get('model')} ({cpu.get('arch')}, {cpu.get('count')} cores)" if cpu else None),
-            ("memory", format_value(memory.get("total_bytes"), "bytes") if memory else None),
-            ("runtimes", runtimes), ("device Python", python.get("version")), ("device numpy", hello.get("numpy")),
-            ("power sources", sources if "power_sources" in hello else None),
-            ("thermal zones", len(hello["thermal_zones"]) if "thermal_zones" in hello else None),
-            ("agent", f"{hello.get('agent_version')}" + (f" (protocol {hello['protocol']})" if "protocol" in hello
-                                                        else ""))]
+    runtimes = "; ".join(
+        f"{r.get('name')} {r.get('version')} ({', '.join(r.get('providers') or [])})"
+        for r in hello.get("runtimes") or []
+    )
+    sources = (
+        ", ".join(str(s.get("name", s)) if isinstance(s, dict) else str(s) for s in hello.get("power_sources") or [])
+        or "none"
+    )
+    rows = [
+        ("board", hello.get("board")),
+        ("L4T", hello.get("l4t")),
+        ("CPU", f"{cpu.get('model')} ({cpu.get('arch')}, {cpu.get('count')} cores)" if cpu else None),
+        ("memory", format_value(memory.get("total_bytes"), "bytes") if memory else None),
+        ("runtimes", runtimes),
+        ("device Python", python.get("version")),
+        ("device numpy", hello.get("numpy")),
+        ("power sources", sources if "power_sources" in hello else None),
+        ("thermal zones", len(hello["thermal_zones"]) if "thermal_zones" in hello else None),
+        (
+            "agent",
+            f"{hello.get('agent_version')}" + (f" (protocol {hello['protocol']})" if "protocol" in hello else ""),
+        ),
+    ]
     return [(k, v) for k, v in rows if v not in (None, "")]  # a check result keeps less of the hello than tune
 
 
@@ -384,16 +568,29 @@ def _environment_section(results: Mapping[str, Any]) -> Raw:
     device = results.get("device") or {}
     config = results.get("config") or {}
     host = results.get("host")
-    parts = [Raw("<h3>Device</h3>"), kv_table([("profile", device.get("profile")),
-                                                *_environment_rows(device.get("hello") or {})])]
+    parts = [
+        Raw("<h3>Device</h3>"),
+        kv_table([("profile", device.get("profile")), *_environment_rows(device.get("hello") or {})]),
+    ]
     parts.append(Raw("<h3>Host</h3>"))
-    parts.append(kv_table(list(host.items())) if host else para("Host library versions were not recorded by this "
-                                                                "run (an older version).", "note"))
+    parts.append(
+        kv_table(list(host.items()))
+        if host
+        else para("Host library versions were not recorded by this run (an older version).", "note")
+    )
     parts.append(Raw("<h3>Search</h3>"))
-    parts.append(kv_table([("seed", config.get("seed")), ("sampler", config.get("sampler")),
-                           ("strategy", config.get("strategy")), ("schedule", config.get("schedule")),
-                           ("rounds × trials", f"{config.get('rounds')} × {config.get('trials_per_round')}"),
-                           ("storage", config.get("storage") or "study.sqlite3 in the run folder")]))
+    parts.append(
+        kv_table(
+            [
+                ("seed", config.get("seed")),
+                ("sampler", config.get("sampler")),
+                ("strategy", config.get("strategy")),
+                ("schedule", config.get("schedule")),
+                ("rounds × trials", f"{config.get('rounds')} × {config.get('trials_per_round')}"),
+                ("storage", config.get("storage") or "study.sqlite3 in the run folder"),
+            ]
+        )
+    )
     parts.append(Raw("<h3>Command</h3>"))
     parts.append(pre(results.get("command") or "(not recorded: started from the library)"))
     parts.append(Raw("<details><summary>Full configuration</summary>"))
@@ -410,13 +607,17 @@ def tune_report_html(results: Mapping[str, Any]) -> str:
     device = results.get("device") or {}
     name = config.get("name") or f"tune-{config.get('example') or 'model'}"
     budgets = ", ".join(b.get("text", "") for b in results.get("budgets") or [])
-    subtitle = [Raw(f'<span class="verdict {klass}">{esc(verdict)}</span>'),
-                f"{name} on {device.get('profile')} ({(device.get('hello') or {}).get('board')}) · budgets {budgets}"
-                f" · edgecompress {results.get('edgecompress')}"]
+    subtitle = [
+        Raw(f'<span class="verdict {klass}">{esc(verdict)}</span>'),
+        f"{name} on {device.get('profile')} ({(device.get('hello') or {}).get('board')}) · budgets {budgets}"
+        f" · edgecompress {results.get('edgecompress')}",
+    ]
     sections: list[tuple[str, str, Raw]] = [("summary", "Summary", _summary(results, keys))]
     if keys:
-        sections += [("search", "Accuracy against each budget", _search_section(results, keys)),
-                     ("schedule", "Cooling schedule", _schedule_section(results, keys))]
+        sections += [
+            ("search", "Accuracy against each budget", _search_section(results, keys)),
+            ("schedule", "Cooling schedule", _schedule_section(results, keys)),
+        ]
     sections += [
         ("progress", "Best feasible accuracy", _progress_section(results)),
         ("latency", "Latency and tail", _latency_section(results)),
@@ -442,8 +643,10 @@ def write_tune_report_or_warn(run_dir: str | Path, warn: Callable[[str], None] |
         return write_tune_report(run_dir)
     except Exception as exc:  # noqa: BLE001 - a broken report must not lose a finished search
         log.warning("could not write the report", exc_info=True)
-        message = (f"warning: could not write {Path(run_dir) / REPORT_FILE} ({type(exc).__name__}: {exc}); "
-                   f"retry with `edgecompress report {run_dir}`")
+        message = (
+            f"warning: could not write {Path(run_dir) / REPORT_FILE} ({type(exc).__name__}: {exc}); "
+            f"retry with `edgecompress report {run_dir}`"
+        )
         (warn or log.warning)(message)
         return None
 
@@ -458,58 +661,104 @@ def _model_latency(sample: Sequence[int], baseline: tuple[str, Sequence[int]] | 
     hist = plots.latency_histogram([(n, s, c) for n, s, _, c in samples])
     tail = plots.tail_plot(samples)
     stats, tails = _latency_rows([(n, s, t) for n, s, t, _ in samples])
-    return Raw(figs([fig(hist, "Latency per inference on the device (log bins)."),
-                     fig(tail, "Exceedance probability per run with the pWCET estimate.")]) + stats + tails)
+    return Raw(
+        figs(
+            [
+                fig(hist, "Latency per inference on the device (log bins)."),
+                fig(tail, "Exceedance probability per run with the pWCET estimate."),
+            ]
+        )
+        + stats
+        + tails
+    )
 
 
 def _energy_table(energy: Mapping[str, Any] | None) -> Raw:
     if not energy:
         return para("Energy was not measured (no power source on the device): unavailable, never zero.", "muted")
-    return kv_table([("source", energy.get("source")), ("energy / inference", f"{energy.get('energy_mj'):.4g} mJ"),
-                     ("above idle", format_value(energy.get("active_energy_mj"), "mJ")),
-                     ("mean power", format_value(energy.get("mean_power_w"), "W")),
-                     ("idle power", format_value(energy.get("idle_power_w"), "W")),
-                     ("partial rails", "yes" if energy.get("partial") else "no")])
+    return kv_table(
+        [
+            ("source", energy.get("source")),
+            ("energy / inference", f"{energy.get('energy_mj'):.4g} mJ"),
+            ("above idle", format_value(energy.get("active_energy_mj"), "mJ")),
+            ("mean power", format_value(energy.get("mean_power_w"), "W")),
+            ("idle power", format_value(energy.get("idle_power_w"), "W")),
+            ("partial rails", "yes" if energy.get("partial") else "no"),
+        ]
+    )
 
 
-def bench_report_html(model: str, device: str, runtime: str, observation: Observation, hello: Mapping[str, Any],
-                      settings: Mapping[str, Any], command: str) -> str:
+def bench_report_html(
+    model: str,
+    device: str,
+    runtime: str,
+    observation: Observation,
+    hello: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    command: str,
+) -> str:
     """The page of one ``bench`` measurement."""
     stats = observation.latency
     sample = list(observation.measurement.latencies_ns)
     for extra in observation.extra_measurements:
         sample += list(extra.latencies_ns)
-    facts = kv_table([("model", model), ("sha256", observation.sha256),
-                      ("size", format_value(observation.size_bytes, "bytes")), ("runtime", runtime),
-                      ("first inference", f"{stats.first_inference_ms:.4g} ms"), ("load", f"{stats.load_ms:.4g} ms"),
-                      ("flags", ", ".join(observation.flags) or "none")])
+    facts = kv_table(
+        [
+            ("model", model),
+            ("sha256", observation.sha256),
+            ("size", format_value(observation.size_bytes, "bytes")),
+            ("runtime", runtime),
+            ("first inference", f"{stats.first_inference_ms:.4g} ms"),
+            ("load", f"{stats.load_ms:.4g} ms"),
+            ("flags", ", ".join(observation.flags) or "none"),
+        ]
+    )
     sections = [
         ("model", "Model", facts),
         ("latency", "Latency and tail", _model_latency(sample, None)),
         ("energy", "Energy", _energy_table(observation.energy.to_json() if observation.energy else None)),
         ("environment", "Device, versions, command", _model_environment(device, hello, settings, command)),
     ]
-    subtitle = [f"{model} on {device} ({hello.get('board')}), {runtime}: p50 {stats.p50_ms:.4g} ms, "
-                f"p99 {stats.p99_ms:.4g} ms, {stats.count} runs"]
+    subtitle = [
+        f"{model} on {device} ({hello.get('board')}), {runtime}: p50 {stats.p50_ms:.4g} ms, "
+        f"p99 {stats.p99_ms:.4g} ms, {stats.count} runs"
+    ]
     return page(f"edgecompress bench: {Path(model).name}", subtitle, sections)
 
 
-def check_report_html(result: CheckResult, baseline: Baseline | None = None, hello: Mapping[str, Any] | None = None,
-                      command: str = "") -> str:
+def check_report_html(
+    result: CheckResult, baseline: Baseline | None = None, hello: Mapping[str, Any] | None = None, command: str = ""
+) -> str:
     """The page of one ``check``: budgets, regressions against the baseline, latency beside the baseline's."""
     status = {"pass": "✓ pass", "fail": "✗ FAIL", "error": "⚠ error", "skipped": "– skipped"}
-    budgets = table(("budget", "status", "measured", "limit", "details"),
-                    [[b.budget, status[b.status], format_value(b.value, b.unit), format_value(b.target, b.unit),
-                      b.message] for b in result.budgets]) if result.budgets else para("No budgets were given.")
-    regressions = table(("regression", "status", "details"),
-                        [[f"regression {r.metric}", status[r.status], r.message] for r in result.regressions])
+    budgets = (
+        table(
+            ("budget", "status", "measured", "limit", "details"),
+            [
+                [b.budget, status[b.status], format_value(b.value, b.unit), format_value(b.target, b.unit), b.message]
+                for b in result.budgets
+            ],
+        )
+        if result.budgets
+        else para("No budgets were given.")
+    )
+    regressions = table(
+        ("regression", "status", "details"),
+        [[f"regression {r.metric}", status[r.status], r.message] for r in result.regressions],
+    )
     observation = result.extra.get("observation") or {}
     verdict = {0: ("passed", "ok"), 1: ("FAILED", "bad"), 2: ("could not be checked", "warn")}[result.exit_code]
-    facts = kv_table([("model", result.model), ("path", result.model_path), ("sha256", result.sha256),
-                      ("size", format_value(result.size_bytes, "bytes")),
-                      ("runtime", f"{result.runtime} {result.runtime_version} ({', '.join(result.providers)})"),
-                      ("started (UTC)", result.started_utc), ("flags", ", ".join(observation.get("flags") or [])
-                                                              or "none")])
+    facts = kv_table(
+        [
+            ("model", result.model),
+            ("path", result.model_path),
+            ("sha256", result.sha256),
+            ("size", format_value(result.size_bytes, "bytes")),
+            ("runtime", f"{result.runtime} {result.runtime_version} ({', '.join(result.providers)})"),
+            ("started (UTC)", result.started_utc),
+            ("flags", ", ".join(observation.get("flags") or []) or "none"),
+        ]
+    )
     base = None if baseline is None else (f"baseline {baseline.started_utc}", baseline.latencies_ns)
     notes = "".join(para(n, "note") for n in result.notes)
     sections = [
@@ -517,21 +766,36 @@ def check_report_html(result: CheckResult, baseline: Baseline | None = None, hel
         ("model", "Model", facts),
         ("latency", "Latency and tail", _model_latency(result.latencies_ns, base)),
         ("energy", "Energy", _energy_table(observation.get("energy"))),
-        ("environment", "Device, versions, command",
-         _model_environment(result.device, hello or {"board": result.board, "agent_version": result.agent_version},
-                            result.settings, command)),
+        (
+            "environment",
+            "Device, versions, command",
+            _model_environment(
+                result.device,
+                hello or {"board": result.board, "agent_version": result.agent_version},
+                result.settings,
+                command,
+            ),
+        ),
     ]
-    subtitle = [Raw(f'<span class="verdict {verdict[1]}">{verdict[0]}</span>'),
-                f"{result.model} on {result.device} ({result.board})"
-                + (f" · baseline {baseline.describe()}" if baseline else " · no baseline")]
+    subtitle = [
+        Raw(f'<span class="verdict {verdict[1]}">{verdict[0]}</span>'),
+        f"{result.model} on {result.device} ({result.board})"
+        + (f" · baseline {baseline.describe()}" if baseline else " · no baseline"),
+    ]
     return page(f"edgecompress check: {result.model}", subtitle, sections)
 
 
 def _model_environment(device: str, hello: Mapping[str, Any], settings: Mapping[str, Any], command: str) -> Raw:
-    return Raw("<h3>Device</h3>" + kv_table([("profile", device), *_environment_rows(hello)])
-               + "<h3>Host</h3>" + kv_table(list(library_versions().items()))
-               + "<h3>Measurement settings</h3>" + pre(json.dumps(settings, indent=1, default=str))
-               + "<h3>Command</h3>" + pre(command or " ".join(sys.argv)))
+    return Raw(
+        "<h3>Device</h3>"
+        + kv_table([("profile", device), *_environment_rows(hello)])
+        + "<h3>Host</h3>"
+        + kv_table(list(library_versions().items()))
+        + "<h3>Measurement settings</h3>"
+        + pre(json.dumps(settings, indent=1, default=str))
+        + "<h3>Command</h3>"
+        + pre(command or " ".join(sys.argv))
+    )
 
 
 def write_html(text: str, path: str | Path) -> Path:

@@ -34,20 +34,38 @@ def junit_xml(result: CheckResult) -> str:
     """The JUnit XML document of one check."""
     outcomes = result.outcomes
     counts = {status: sum(o.status == status for o in outcomes) for status in ("fail", "error", "skipped")}
-    totals = {"tests": str(len(outcomes)), "failures": str(counts["fail"]), "errors": str(counts["error"]),
-              "skipped": str(counts["skipped"])}
+    totals = {
+        "tests": str(len(outcomes)),
+        "failures": str(counts["fail"]),
+        "errors": str(counts["error"]),
+        "skipped": str(counts["skipped"]),
+    }
     window_s = float(result.extra.get("window_s") or 0.0)
     root = ET.Element("testsuites", {"name": "edgecompress check", **totals, "time": f"{window_s:.3f}"})
-    suite = ET.SubElement(root, "testsuite", {
-        "name": f"edgecompress check {result.model} on {result.device}", **totals, "time": f"{window_s:.3f}",
-        "timestamp": result.started_utc, "hostname": platform.node() or "host",
-    })
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        {
+            "name": f"edgecompress check {result.model} on {result.device}",
+            **totals,
+            "time": f"{window_s:.3f}",
+            "timestamp": result.started_utc,
+            "hostname": platform.node() or "host",
+        },
+    )
     properties = ET.SubElement(suite, "properties")
     facts = {
-        "model": result.model, "model_path": result.model_path, "sha256": result.sha256,
-        "size_bytes": result.size_bytes, "device": result.device, "board": result.board, "runtime": result.runtime,
-        "runtime_version": result.runtime_version, "providers": ",".join(result.providers),
-        "agent_version": result.agent_version, "runs": result.latency.get("count"),
+        "model": result.model,
+        "model_path": result.model_path,
+        "sha256": result.sha256,
+        "size_bytes": result.size_bytes,
+        "device": result.device,
+        "board": result.board,
+        "runtime": result.runtime,
+        "runtime_version": result.runtime_version,
+        "providers": ",".join(result.providers),
+        "agent_version": result.agent_version,
+        "runs": result.latency.get("count"),
         "baseline": None if result.baseline is None else result.baseline.get("source"),
     }
     for key, value in facts.items():
@@ -72,8 +90,9 @@ def junit_error_xml(model: str, device: str, message: str, case_name: str = "dev
     attributes = {"tests": "1", "failures": "0", "errors": "1", "skipped": "0", "time": "0"}
     root = ET.Element("testsuites", {"name": "edgecompress check", **attributes})
     suite = ET.SubElement(root, "testsuite", {"name": f"edgecompress check {model} on {device}", **attributes})
-    case = ET.SubElement(suite, "testcase", {"classname": f"edgecompress.check.{device}", "name": case_name,
-                                             "time": "0"})
+    case = ET.SubElement(
+        suite, "testcase", {"classname": f"edgecompress.check.{device}", "name": case_name, "time": "0"}
+    )
     ET.SubElement(case, "error", {"message": message, "type": case_name}).text = message
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

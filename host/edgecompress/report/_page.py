@@ -88,8 +88,7 @@ def table(headers: Sequence[str] | None, rows: Iterable[Sequence[Any]], sortable
         cells = [c if isinstance(c, Raw) and c.startswith(("<td", "<th")) else f"<td>{esc(c)}</td>" for c in row]
         body.append("<tr>" + "".join(cells) + "</tr>")
     attrs = (' class="sortable"' if sortable else "") + (f' id="{esc(id_)}"' if id_ else "")
-    return Raw(f'<div class="scroll"><table{attrs}>{head}<tbody>'
-               + "".join(body) + "</tbody></table></div>")
+    return Raw(f'<div class="scroll"><table{attrs}>{head}<tbody>' + "".join(body) + "</tbody></table></div>")
 
 
 def kv_table(pairs: Iterable[tuple[str, Any]]) -> Raw:
@@ -122,8 +121,8 @@ def page(title: str, subtitle: Sequence[Any], sections: Sequence[tuple[str, str,
     nav = "".join(f'<a href="#{esc(anchor)}">{esc(name)}</a>' for anchor, name, _ in sections)
     lines = "".join(f"<p>{esc(s)}</p>" for s in subtitle)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
         f"<header><h1>{esc(title)}</h1>{lines}</header><nav>{nav}</nav><main>"
         + "".join(section(anchor, name, body) for anchor, name, body in sections)

@@ -244,7 +244,13 @@ class Tuner:
         space = self._space(original)
         plan = CompressionPlan(ratios={}, quant="fp32")
         _, candidate = build_candidate(
-            original, plan, self.workload, space, self.opset, self.config.val_limit, model=original,
+            original,
+            plan,
+            self.workload,
+            space,
+            self.opset,
+            self.config.val_limit,
+            model=original,
             format=self.target.format,
         )
         device = self._measure(candidate)
@@ -559,7 +565,13 @@ class Tuner:
         pruned = apply_plan(base_model, plan, self.workload, space)
         tuned = finetune(pruned, original, self.workload, steps=self.config.finetune_steps, lr=self.config.finetune_lr)
         _, candidate = build_candidate(
-            base_model, plan, self.workload, space, self.opset, self.config.val_limit, model=tuned,
+            base_model,
+            plan,
+            self.workload,
+            space,
+            self.opset,
+            self.config.val_limit,
+            model=tuned,
             format=self.target.format,
         )
         device = self._measure(candidate, limits)
@@ -607,7 +619,13 @@ class Tuner:
         options.append(("best trial, not fine-tuned", apply_plan(base_model, plan, self.workload, space), plan))
         for label, model, plan in options:
             _, candidate = build_candidate(
-                model, plan, self.workload, space, self.opset, self.config.val_limit, model=model,
+                model,
+                plan,
+                self.workload,
+                space,
+                self.opset,
+                self.config.val_limit,
+                model=model,
                 format=self.target.format,
             )
             device = self._measure(candidate, self.state["base"]["targets"])
