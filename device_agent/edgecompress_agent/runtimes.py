@@ -5,7 +5,9 @@ import importlib
 from .protocol import FrameError
 
 RUNTIMES = ("onnxruntime", "tflite")
-_TFLITE_MODULES = ("tflite_runtime.interpreter", "ai_edge_litert.interpreter")
+# LiteRT first when both are installed: tflite-runtime stopped at 2.14, whose interpreter applies XNNPACK to fp32
+# models but left a PT2E int8 model on its own kernels here (twice as slow as ai-edge-litert 2.3; docs/devices.md).
+_TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 
 
 class RuntimeUnavailable(FrameError):
