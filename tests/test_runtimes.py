@@ -34,14 +34,17 @@ def old_ort_python() -> str:
     if not Path(path).is_file():
         problem = f"{path} does not exist"
     else:
-        probe = subprocess.run([path, "-c", "import numpy, onnxruntime; print(onnxruntime.__version__)"],
-                               capture_output=True, text=True)
+        probe = subprocess.run(
+            [path, "-c", "import numpy, onnxruntime; print(onnxruntime.__version__)"], capture_output=True, text=True
+        )
         if probe.returncode != 0:
             problem = f"{path} cannot import numpy and onnxruntime: {probe.stderr.strip()[-300:]}"
     if problem:
-        message = (f"older-onnxruntime environment missing ({problem}); .ci/run creates it: python3 -m venv "
-                   f"/opt/edgecompress-old-ort && /opt/edgecompress-old-ort/bin/pip install onnxruntime==1.15.1 "
-                   f"'numpy<2', then set {OLD_ORT_ENV}")
+        message = (
+            f"older-onnxruntime environment missing ({problem}); .ci/run creates it: python3 -m venv "
+            f"/opt/edgecompress-old-ort && /opt/edgecompress-old-ort/bin/pip install onnxruntime==1.15.1 "
+            f"'numpy<2', then set {OLD_ORT_ENV}"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -61,8 +64,9 @@ def _profile(tmp_path: Path, name: str, body: str) -> Path:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, COLUMNS="200", XDG_CACHE_HOME=str(cwd / "xdg"))
-    return subprocess.run([sys.executable, "-m", "edgecompress", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecompress", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
 
 
 def _cached_models(tmp_path: Path) -> list[Path]:
@@ -73,8 +77,11 @@ def _cached_models(tmp_path: Path) -> list[Path]:
 
 
 def test_old_onnxruntime_gets_the_opset_it_loads_and_is_measured(tmp_path, old_ort_python, digits):
-    profile_path = _profile(tmp_path, "old-ort", f'python = "{old_ort_python}"\n[runtime]\nname = "onnxruntime"\n'
-                                                 'providers = ["CPUExecutionProvider"]\n')
+    profile_path = _profile(
+        tmp_path,
+        "old-ort",
+        f'python = "{old_ort_python}"\n[runtime]\nname = "onnxruntime"\nproviders = ["CPUExecutionProvider"]\n',
+    )
     profile = parse_profile(profile_path.read_text(), str(profile_path))
     with open_session(profile) as session:
         hello = session.hello()
@@ -107,9 +114,25 @@ def test_old_onnxruntime_gets_the_opset_it_loads_and_is_measured(tmp_path, old_o
 
 def test_tune_refuses_an_opset_the_device_cannot_load_before_measuring(tmp_path, old_ort_python):
     profile_path = _profile(tmp_path, "old-ort", f'python = "{old_ort_python}"\n')
-    result = _cli("tune", "--device", str(profile_path), "--example", "digits", "--budget", "latency.mean<=0.9x",
-                  "--opset", "19", "--rounds", "1", "--trials-per-round", "2", *QUICK, "--out", str(tmp_path / "run"),
-                  cwd=tmp_path)
+    result = _cli(
+        "tune",
+        "--device",
+        str(profile_path),
+        "--example",
+        "digits",
+        "--budget",
+        "latency.mean<=0.9x",
+        "--opset",
+        "19",
+        "--rounds",
+        "1",
+        "--trials-per-round",
+        "2",
+        *QUICK,
+        "--out",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "opset 19 is above what onnxruntime 1.15.1 on the device loads (at most 18)" in result.stderr
     assert "measuring the original" not in result.stdout
@@ -118,15 +141,33 @@ def test_tune_refuses_an_opset_the_device_cannot_load_before_measuring(tmp_path,
 
 def test_a_tflite_profile_on_a_device_without_tflite_is_refused(tmp_path, old_ort_python, digits):
     profile_path = _profile(tmp_path, "no-tflite", f'python = "{old_ort_python}"\n[runtime]\nname = "tflite"\n')
-    result = _cli("tune", "--device", str(profile_path), "--example", "digits", "--budget", "latency.mean<=0.9x",
-                  "--rounds", "1", "--trials-per-round", "2", *QUICK, "--out", str(tmp_path / "run"), cwd=tmp_path)
+    result = _cli(
+        "tune",
+        "--device",
+        str(profile_path),
+        "--example",
+        "digits",
+        "--budget",
+        "latency.mean<=0.9x",
+        "--rounds",
+        "1",
+        "--trials-per-round",
+        "2",
+        *QUICK,
+        "--out",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "tflite is not importable by" in result.stderr and "ai-edge-litert" in result.stderr
 
 
 def test_a_profile_expecting_cuda_on_a_cpu_only_device_is_refused_by_bench_and_check(tmp_path, digits):
-    profile_path = _profile(tmp_path, "wants-cuda", '[runtime]\nname = "onnxruntime"\n'
-                                                    'providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n')
+    profile_path = _profile(
+        tmp_path,
+        "wants-cuda",
+        '[runtime]\nname = "onnxruntime"\nproviders = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n',
+    )
     model = tmp_path / "digits.onnx"
     model.write_bytes(export_onnx(digits.build_model(), digits.input_shape, 17))
     for command in (["bench", str(model)], ["check", str(model), "--budget", "latency.p99<=1s"]):
@@ -139,13 +180,23 @@ def test_a_profile_expecting_cuda_on_a_cpu_only_device_is_refused_by_bench_and_c
 
 def test_fp16_is_searched_only_where_a_gpu_provider_runs_it():
     profiles = builtin_profiles()
-    cuda = {"board": "jetson", "runtimes": [{"name": "onnxruntime", "version": "1.16.3", "providers": [
-        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}]}
+    cuda = {
+        "board": "jetson",
+        "runtimes": [
+            {
+                "name": "onnxruntime",
+                "version": "1.16.3",
+                "providers": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+            }
+        ],
+    }
     orin = export_target(profiles["jetson-orin-nano"], cuda, None, ["fp32", "int8"])
     assert orin.quant_modes == ("fp32", "int8", "fp16") and orin.opset == 19
     assert orin.fp16_providers == ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-    cpu = {"board": "pi", "runtimes": [{"name": "onnxruntime", "version": "1.20.1",
-                                        "providers": ["CPUExecutionProvider"]}]}
+    cpu = {
+        "board": "pi",
+        "runtimes": [{"name": "onnxruntime", "version": "1.20.1", "providers": ["CPUExecutionProvider"]}],
+    }
     assert export_target(profiles["raspberry-pi-4"], cpu, None, ["fp32", "int8"]).quant_modes == ("fp32", "int8")
     # The Nano's wheels: 1.10 loads opset 15, 1.11 opset 16 (onnxruntime's compatibility table).
     for version, opset in (("1.10.0", 15), ("1.11.0", 16)):
@@ -162,7 +213,8 @@ def test_fp16_is_searched_only_where_a_gpu_provider_runs_it():
 def test_builtin_profiles_name_the_documented_targets():
     profiles = builtin_profiles()
     assert {"local", "local-tflite", "jetson-nano", "jetson-orin-nano", "raspberry-pi-4", "raspberry-pi-5"} <= set(
-        profiles)
+        profiles
+    )
     for name in ("jetson-nano", "jetson-orin-nano", "raspberry-pi-4", "raspberry-pi-5"):
         assert profiles[name].transport == "ssh" and profiles[name].ssh is not None and profiles[name].ssh.host
     assert profiles["jetson-nano"].python == "/usr/bin/python3"
@@ -175,14 +227,17 @@ def test_builtin_profiles_name_the_documented_targets():
         assert f"`{name}`" in docs, f"docs/devices.md does not describe {name}"
 
 
-@pytest.mark.parametrize("name,tree,rail", [("jetson-nano", hw_fixtures.nano_jp4, "POM_5V_IN"),
-                                            ("jetson-orin-nano", hw_fixtures.orin_nano_jp6, "VDD_IN")])
+@pytest.mark.parametrize(
+    "name,tree,rail",
+    [("jetson-nano", hw_fixtures.nano_jp4, "POM_5V_IN"), ("jetson-orin-nano", hw_fixtures.orin_nano_jp6, "VDD_IN")],
+)
 def test_jetson_profiles_read_their_power_rail_from_the_documented_layout(tmp_path, name, tree, rail):
     """The built-in profile's power settings, run by a local agent over a sysfs tree of the board's documented
     layout: the source it names is found and its whole-board rail is the total."""
     builtin = builtin_profiles()[name]
-    profile = builtin.model_copy(update={"transport": "local", "ssh": None, "python": None,
-                                         "sysfs_root": str(tree(tmp_path / "sys-root"))})
+    profile = builtin.model_copy(
+        update={"transport": "local", "ssh": None, "python": None, "sysfs_root": str(tree(tmp_path / "sys-root"))}
+    )
     with open_session(profile) as session:
         hello = session.hello()
     source = next(s for s in hello["power_sources"] if s["name"] == builtin.power.source)
@@ -216,12 +271,19 @@ def test_agent_tflite_runner_uses_xnnpack_with_num_threads(tmp_path, digits_tfli
     model = tmp_path / "digits.tflite"
     digits_tflite[1].write(model)
     agent = Path(__file__).parents[1] / "device_agent"
-    code = ("from edgecompress_agent import runtimes; import sys\n"
-            "r = runtimes.load(sys.argv[1], 'tflite', threads=2)\n"
-            "out = r.run(runtimes.random_inputs(r))\n"
-            "print(r.inputs[0]['dtype'], out[0].shape)\n")
-    result = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(agent)), timeout=120)
+    code = (
+        "from edgecompress_agent import runtimes; import sys\n"
+        "r = runtimes.load(sys.argv[1], 'tflite', threads=2)\n"
+        "out = r.run(runtimes.random_inputs(r))\n"
+        "print(r.inputs[0]['dtype'], out[0].shape)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(model)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(agent)),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["int8", "(1,", "10)"]
     assert "XNNPACK delegate" in result.stderr
@@ -229,8 +291,25 @@ def test_agent_tflite_runner_uses_xnnpack_with_num_threads(tmp_path, digits_tfli
 
 def test_tune_on_local_tflite_end_to_end(tmp_path):
     out = tmp_path / "run"
-    result = _cli("tune", "--device", "local-tflite", "--example", "digits", "--budget", "latency.mean<=1.5x",
-                  "--rounds", "1", "--trials-per-round", "3", "--seed", "3", *QUICK, "--out", str(out), cwd=tmp_path)
+    result = _cli(
+        "tune",
+        "--device",
+        "local-tflite",
+        "--example",
+        "digits",
+        "--budget",
+        "latency.mean<=1.5x",
+        "--rounds",
+        "1",
+        "--trials-per-round",
+        "3",
+        "--seed",
+        "3",
+        *QUICK,
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode in (0, 1), result.stdout + result.stderr
     assert "exporting TFLite" in result.stdout
     results = json.loads((out / "results.json").read_text())
