@@ -38,8 +38,12 @@ class MeasureRequest:
 
     def to_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
-            "runtime": self.runtime, "warmup_runs": self.warmup_runs, "warmup_seconds": self.warmup_seconds,
-            "runs": self.runs, "min_seconds": self.min_seconds, "max_seconds": self.max_seconds,
+            "runtime": self.runtime,
+            "warmup_runs": self.warmup_runs,
+            "warmup_seconds": self.warmup_seconds,
+            "runs": self.runs,
+            "min_seconds": self.min_seconds,
+            "max_seconds": self.max_seconds,
         }
         if self.threads:
             fields["threads"] = self.threads
@@ -71,8 +75,13 @@ class Measurement:
     raw: Mapping[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return {"sha256": self.sha256, "latencies_ns": list(self.latencies_ns), "load_ns": self.load_ns,
-                "first_inference_ns": self.first_inference_ns, "raw": dict(self.raw)}
+        return {
+            "sha256": self.sha256,
+            "latencies_ns": list(self.latencies_ns),
+            "load_ns": self.load_ns,
+            "first_inference_ns": self.first_inference_ns,
+            "raw": dict(self.raw),
+        }
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -82,8 +91,13 @@ def sha256_bytes(data: bytes) -> str:
 class Session:
     """One device, one agent. Lost links are re-opened and idempotent requests retried, with backoff."""
 
-    def __init__(self, transport: Transport, retries: int = 3, backoff_s: float = 1.0,
-                 on_event: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        transport: Transport,
+        retries: int = 3,
+        backoff_s: float = 1.0,
+        on_event: Callable[[str], None] | None = None,
+    ):
         self.transport = transport
         self.retries = retries
         self.backoff_s = backoff_s
@@ -126,8 +140,9 @@ class Session:
 
     # -- requests -------------------------------------------------------------------------------------------
 
-    def _roundtrip(self, channel: Channel, op: str, fields: dict[str, Any], payload: bytes | None,
-                   timeout_s: float) -> tuple[dict[str, Any], bytes]:
+    def _roundtrip(
+        self, channel: Channel, op: str, fields: dict[str, Any], payload: bytes | None, timeout_s: float
+    ) -> tuple[dict[str, Any], bytes]:
         self._next_id += 1
         request_id = self._next_id
         # A hung device must not hang the search: the watchdog breaks the link, the read below then fails.
@@ -139,11 +154,17 @@ class Session:
             frame = read_frame(channel.reader)
         except (OSError, ValueError, ProtocolError) as exc:
             reason = "timed out" if not watchdog.is_alive() else str(exc) or type(exc).__name__
-            raise ConnectionLost(f"{op} on {self.transport.name}: link lost ({reason}); {channel.diagnostics()}") from exc
+            raise ConnectionLost(
+                f"{op} on {self.transport.name}: link lost ({reason}); {channel.diagnostics()}"
+            ) from exc
         finally:
             watchdog.cancel()
         if frame is None:
-            reason = f"timed out after {timeout_s:.0f} s" if not watchdog.is_alive() and watchdog.finished.is_set() else "agent closed the link"
+            reason = (
+                f"timed out after {timeout_s:.0f} s"
+                if not watchdog.is_alive() and watchdog.finished.is_set()
+                else "agent closed the link"
+            )
             raise ConnectionLost(f"{op} on {self.transport.name}: {reason}; {channel.diagnostics()}")
         header, data = frame
         if header.get("id") != request_id:
@@ -168,8 +189,9 @@ class Session:
                 self.on_event(f"link to {self.transport.name} lost, retry {attempt}/{self.retries}: {exc}")
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
 
-    def request(self, op: str, fields: dict[str, Any] | None = None, payload: bytes | None = None,
-                timeout_s: float = 60.0) -> tuple[dict[str, Any], bytes]:
+    def request(
+        self, op: str, fields: dict[str, Any] | None = None, payload: bytes | None = None, timeout_s: float = 60.0
+    ) -> tuple[dict[str, Any], bytes]:
         """Send one request, re-opening the link and retrying when it is lost (requests are idempotent)."""
         return self._retrying(lambda: self._roundtrip(self._open(), op, fields or {}, payload, timeout_s))
 
@@ -186,7 +208,7 @@ class Session:
             return sha
         offset = int(status.get("received", 0))
         while True:
-            chunk = data[offset:offset + CHUNK_BYTES]
+            chunk = data[offset : offset + CHUNK_BYTES]
             try:
                 answer, _ = self.request("put_model", {"sha256": sha, "size": len(data), "offset": offset}, chunk)
             except AgentError as exc:
@@ -207,12 +229,22 @@ class Session:
     def measure(self, sha256: str, spec: MeasureRequest) -> Measurement:
         """Measure a model the agent holds."""
         result, _ = self.request("measure", {"sha256": sha256, **spec.to_fields()}, timeout_s=spec.timeout_s())
-        return Measurement(sha256=sha256, latencies_ns=tuple(int(x) for x in result.pop("latencies_ns")),
-                           load_ns=int(result.pop("load_ns")), first_inference_ns=int(result.pop("first_inference_ns")),
-                           raw=result)
+        return Measurement(
+            sha256=sha256,
+            latencies_ns=tuple(int(x) for x in result.pop("latencies_ns")),
+            load_ns=int(result.pop("load_ns")),
+            first_inference_ns=int(result.pop("first_inference_ns")),
+            raw=result,
+        )
 
-    def validate(self, sha256: str, inputs: Mapping[str, np.ndarray], runtime: str = "onnxruntime",
-                 threads: int | None = None, providers: tuple[str, ...] = ()) -> list[np.ndarray]:
+    def validate(
+        self,
+        sha256: str,
+        inputs: Mapping[str, np.ndarray],
+        runtime: str = "onnxruntime",
+        threads: int | None = None,
+        providers: tuple[str, ...] = (),
+    ) -> list[np.ndarray]:
         """Run the model on the device with these inputs; returns its outputs."""
         from edgecompress_agent.runtimes import decode_arrays, encode_arrays
 
