@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from clirun import edgecompress
 
 from edgecompress.config import TuneConfig
 from edgecompress.search import run_tune
@@ -129,13 +130,7 @@ def test_kill_9_in_round_two_then_resume_finishes_every_trial_once(tmp_path, env
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "edgecompress", "tune", "--resume", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    resumed = edgecompress("tune", "--resume", str(out), env=env)
     assert resumed.returncode in (0, 1), resumed.stderr
     rounds = _finished(out)
     for round_index in (0, 1):
@@ -172,13 +167,7 @@ def test_ctrl_c_stops_after_the_trial_in_flight_and_resume_completes(tmp_path, e
     assert "--resume" in stdout and (out / "results.json").is_file()
     states = [s for s, _ in _finished(out)[0]]
     assert "RUNNING" not in states and len(states) < 6
-    resumed = subprocess.run(
-        [sys.executable, "-m", "edgecompress", "tune", "--resume", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    resumed = edgecompress("tune", "--resume", str(out), env=env)
     assert resumed.returncode in (0, 1), resumed.stderr
     assert [s for s, _ in _finished(out)[0]].count("COMPLETE") == 6
 
@@ -213,13 +202,7 @@ def test_a_host_checked_budget_spends_no_device_time(tmp_path, env, monkeypatch)
     ],
 )
 def test_bad_tune_input_is_one_line(tmp_path, env, args, message):
-    result = subprocess.run(
-        [sys.executable, "-m", "edgecompress", "tune", *args, "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    result = edgecompress("tune", *args, "--out", str(tmp_path / "o"), env=env)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -228,21 +211,5 @@ def test_an_existing_output_folder_is_never_overwritten(tmp_path, env):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgecompress",
-            "tune",
-            "--example",
-            "digits",
-            "--budget",
-            "latency.mean<=0.5x",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    result = edgecompress("tune", "--example", "digits", "--budget", "latency.mean<=0.5x", "--out", str(out), env=env)
     assert result.returncode == 2 and "not empty" in result.stderr and (out / "keep.txt").read_text() == "mine"

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from clirun import edgecompress
 from hw_fixtures import ORIN_NANO_W, orin_nano_jp6
 
 QUICK = ["--runs", "30", "--min-seconds", "0.05", "--finetune-steps", "10", "--val-limit", "200"]
@@ -27,31 +26,10 @@ def test_an_energy_budget_drives_a_search_on_a_fixture_power_source(tmp_path, en
         f'cache_dir = "{tmp_path / "agent-cache"}"\n[power]\nidle_seconds = 0.05\n'
     )
     out = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgecompress",
-            "tune",
-            "--example",
-            "digits",
-            "--device",
-            str(profile),
-            "--budget",
-            "energy<=0.9x",
-            "--rounds",
-            "1",
-            "--trials-per-round",
-            "3",
-            *QUICK,
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    result = edgecompress(
+        "tune", "--example", "digits", "--device", str(profile), "--budget", "energy<=0.9x",
+        "--rounds", "1", "--trials-per-round", "3", *QUICK, "--out", str(out), env=env,
+    )  # fmt: skip
     assert result.returncode in (0, 1), result.stderr
     results = json.loads((out / "results.json").read_text())
     base = results["base"]
@@ -72,26 +50,10 @@ def test_an_energy_budget_without_a_power_source_is_refused_before_the_search(tm
     bare = tmp_path / "bare.toml"
     (tmp_path / "empty-sys").mkdir()
     bare.write_text(f'name = "bare"\ntransport = "local"\nsysfs_root = "{tmp_path / "empty-sys"}"\n')
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgecompress",
-            "tune",
-            "--example",
-            "digits",
-            "--device",
-            str(bare),
-            "--budget",
-            "energy<=1mJ",
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    result = edgecompress(
+        "tune", "--example", "digits", "--device", str(bare), "--budget", "energy<=1mJ",
+        "--out", str(tmp_path / "run"), env=env,
+    )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "energy" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "study.sqlite3").exists()
@@ -99,36 +61,11 @@ def test_an_energy_budget_without_a_power_source_is_refused_before_the_search(tm
 
 def test_a_pwcet_budget_is_a_tune_constraint(tmp_path, env):
     out = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgecompress",
-            "tune",
-            "--example",
-            "digits",
-            "--budget",
-            "latency.pwcet@1e-6<=1.5x",
-            "--rounds",
-            "1",
-            "--trials-per-round",
-            "2",
-            "--runs",
-            "600",
-            "--min-seconds",
-            "0",
-            "--finetune-steps",
-            "0",
-            "--val-limit",
-            "200",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    result = edgecompress(
+        "tune", "--example", "digits", "--budget", "latency.pwcet@1e-6<=1.5x", "--rounds", "1",
+        "--trials-per-round", "2", "--runs", "600", "--min-seconds", "0", "--finetune-steps", "0",
+        "--val-limit", "200", "--out", str(out), env=env,
+    )  # fmt: skip
     assert result.returncode in (0, 1), result.stderr
     results = json.loads((out / "results.json").read_text())
     key = "latency.pwcet@1e-06"
