@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from edgecompress.workload import Workload, load_workload
 
 log = logging.getLogger("edgecompress.tune")
 COARSEN_ABOVE_GROUPS = 12
+BASE_MEASUREMENTS = 3
 INTERRUPTED = "interrupted"
 
 
@@ -253,8 +255,11 @@ class Tuner:
             model=original,
             format=self.target.format,
         )
-        device = self._measure(candidate)
-        values = device["values"]
+        # L0 anchors every relative budget and every threshold: take the median of a few measurements, so one
+        # disturbed window on a busy device does not move the whole search.
+        repeats = [self._measure(candidate) for _ in range(BASE_MEASUREMENTS)]
+        values = _median_values([r["values"] for r in repeats])
+        device = min(repeats, key=lambda r: abs(_first_latency(r["values"]) - _first_latency(values)))
         targets = {b.key: b.target(values.get(b.key)) for b in self.budgets}
         schedule: dict[str, list[float]] = {}
         for b in self.budgets:
@@ -706,6 +711,20 @@ class Tuner:
             "trials": trials,
         }
         write_json(self.run_dir / "results.json", results)
+
+
+def _median_values(samples: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Per metric, the median of the values measured (metrics a measurement did not report are left out of it)."""
+    keys = {k for sample in samples for k in sample}
+    result: dict[str, float | None] = {}
+    for key in keys:
+        present = sorted(float(v) for sample in samples if (v := sample.get(key)) is not None)
+        result[key] = statistics.median(present) if present else None
+    return result
+
+
+def _first_latency(values: dict[str, float | None]) -> float:
+    return float(values.get("latency.p50") or 0.0)
 
 
 class _UniformSearch:
