@@ -213,3 +213,21 @@ def test_an_existing_output_folder_is_never_overwritten(tmp_path, env):
     (out / "keep.txt").write_text("mine")
     result = edgecompress("tune", "--example", "digits", "--budget", "latency.mean<=0.5x", "--out", str(out), env=env)
     assert result.returncode == 2 and "not empty" in result.stderr and (out / "keep.txt").read_text() == "mine"
+
+
+def test_candidate_distillation_scores_a_pruned_candidate_closer_to_its_fine_tuned_self():
+    import torch
+
+    from edgecompress.compress import CompressionPlan, search_space
+    from edgecompress.search._candidate import build_candidate
+    from edgecompress.workload import load_workload
+
+    torch.manual_seed(0)
+    workload = load_workload(example="digits", val_limit=300)
+    original = workload.build_model().eval()
+    space = search_space(original, workload.input_shape, workload.ignore)
+    plan = CompressionPlan(ratios={g.name: 0.6 for g in space.groups})
+    _, plain = build_candidate(original, plan, workload, space, 17, 300)
+    _, distilled = build_candidate(original, plan, workload, space, 17, 300, teacher=original, finetune_steps=60)
+    assert distilled.artifact.size_bytes == plain.artifact.size_bytes  # the same architecture, other weights
+    assert distilled.accuracy > plain.accuracy + 0.1, (plain.accuracy, distilled.accuracy)

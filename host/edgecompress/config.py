@@ -184,6 +184,7 @@ class TuneConfig(_Strict):
     coarsen: Literal["auto", "yes", "no"] = "auto"
     round_to: int = Field(default=1, ge=1)
     finetune_steps: int = Field(default=200, ge=0)
+    candidate_finetune_steps: int = Field(default=0, ge=0)
     finetune_lr: float = Field(default=1e-3, gt=0)
     val_limit: int | None = Field(default=2000, ge=1)
     opset: int | None = Field(default=None, ge=13, le=21)

@@ -90,6 +90,9 @@ def tune(
     ),
     seed: int | None = typer.Option(None, help="Seed of the samplers."),
     finetune_steps: int | None = typer.Option(None, min=0, help="Distillation steps after each round (default 200)."),
+    candidate_finetune_steps: int | None = typer.Option(
+        None, min=0, help="Distillation steps for every pruned candidate before it is scored (default 0)."
+    ),
     val_limit: int | None = typer.Option(None, min=1, help="Validation samples for the accuracy objective."),
     runs: int | None = typer.Option(None, min=1, help="Timed inferences per measurement (default: the profile's)."),
     min_seconds: float | None = typer.Option(None, min=0, help="Minimum timed window per measurement."),
@@ -134,6 +137,7 @@ def tune(
             "tradeoff_lambda": tradeoff_lambda,
             "seed": seed,
             "finetune_steps": finetune_steps,
+            "candidate_finetune_steps": candidate_finetune_steps,
             "val_limit": val_limit,
             "runs": runs,
             "min_seconds": min_seconds,

@@ -124,6 +124,7 @@ class Tuner:
         self.session: Session | None = None
         self.workload: Workload | None = None
         self.consecutive_device_failures = 0
+        self.original: nn.Module | None = None
 
     # -- set-up -----------------------------------------------------------------------------------------------
 
@@ -213,6 +214,7 @@ class Tuner:
         self.reporter.message(self.target.describe())
         self._check_measurable(hello)
         original = self.workload.build_model().eval()
+        self.original = original
         if "base" not in self.state:
             self.state["base"] = self._measure_base(original)
             self._save()
@@ -439,7 +441,16 @@ class Tuner:
             trial.set_user_attr("plan", plan.to_json())
             record["plan"] = plan.to_json()
             _, candidate = build_candidate(
-                base_model, plan, self.workload, space, self.opset, self.config.val_limit, format=self.target.format
+                base_model,
+                plan,
+                self.workload,
+                space,
+                self.opset,
+                self.config.val_limit,
+                format=self.target.format,
+                teacher=self.original,
+                finetune_steps=self.config.candidate_finetune_steps,
+                finetune_lr=self.config.finetune_lr,
             )
             trial.set_user_attr("candidate", candidate.to_json())
             values: dict[str, float | None] = dict(candidate.host_values(self.budgets))
