@@ -24,6 +24,7 @@ from edgecompress.search import run_tune
 
 METHODS = {
     "exponential": {"schedule": "exponential"},
+    "exponential+kd": {"schedule": "exponential", "candidate_finetune_steps": 20},
     "linear": {"schedule": "linear"},
     "one-step": {"schedule": "one-step"},
     "unconstrained": {"strategy": "unconstrained"},
@@ -39,7 +40,7 @@ def device_measurements(results: dict) -> int:
 
 
 def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> dict:
-    rounds = args.rounds if method in ("exponential", "linear") else 1
+    rounds = args.rounds if method in ("exponential", "exponential+kd", "linear") else 1
     per_round = max(1, args.measurements // rounds - (1 if rounds > 1 else 0))
     settings = dict(METHODS[method])
     config = TuneConfig(
@@ -55,6 +56,7 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> 
         min_seconds=args.min_seconds,
         tradeoff_lambda=args.tradeoff_lambda,
         drift_wait_s=5.0,
+        round_to=args.round_to,
         name=f"{method}-{budget}-{seed}",
         **settings,
     )
@@ -142,6 +144,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--min-seconds", type=float, default=0.2)
     parser.add_argument("--tradeoff-lambda", type=float, default=10.0)
+    parser.add_argument("--round-to", type=int, default=8, help="channel alignment of pruned layers")
+    parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("bench-runs/search-quality"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

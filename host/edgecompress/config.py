@@ -182,7 +182,9 @@ class TuneConfig(_Strict):
     ratio_step: float = Field(default=0.05, gt=0, lt=1)
     quant: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"])  # type: ignore[arg-type]
     coarsen: Literal["auto", "yes", "no"] = "auto"
-    round_to: int = Field(default=1, ge=1)
+    # Channel counts kept to multiples of 8: onnxruntime's CPU kernels block channels by 8 (16 with AVX-512), and
+    # an odd count is slower than the unpruned layer (measured: docs/benchmarks.md). 1 disables the alignment.
+    round_to: int = Field(default=8, ge=1)
     finetune_steps: int = Field(default=200, ge=0)
     candidate_finetune_steps: int = Field(default=0, ge=0)
     finetune_lr: float = Field(default=1e-3, gt=0)
