@@ -145,7 +145,6 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=0.2)
     parser.add_argument("--tradeoff-lambda", type=float, default=10.0)
     parser.add_argument("--round-to", type=int, default=8, help="channel alignment of pruned layers")
-    parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("bench-runs/search-quality"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
