@@ -149,6 +149,7 @@ class BlockMaxima:
     scale: float
     c: float = 0.0
     lr_p: float = 1.0  # likelihood-ratio p-value of GEV against Gumbel
+    heavy: bool = False  # a heavy-tailed GEV fitted better; the Gumbel is kept (see block_maxima)
 
     def quantile(self, p: float) -> float:
         q = -math.expm1(self.block * math.log1p(-p))  # P(max of B runs > x) = 1 - (1 - p)^B
@@ -172,9 +173,12 @@ def block_maxima(values: Sequence[float] | np.ndarray, block: int | None = None)
         c, gloc, gscale = stats.genextreme.fit(maxima, 0.0, loc=loc, scale=scale)
     ll_gev = float(np.sum(stats.genextreme.logpdf(maxima, c, gloc, gscale)))
     lr_p = float(stats.chi2.sf(max(2 * (ll_gev - ll_gumbel), 0.0), 1)) if math.isfinite(ll_gev) else 1.0
-    if lr_p < ALPHA:
+    # Only a bounded (Weibull, c > 0) GEV replaces the Gumbel. Execution times cannot have a heavy (Frechet, c < 0)
+    # tail; block maxima that fit one come from a sample mixing regimes (interference, frequency changes), and its
+    # projection explodes (1e-9 turns into hours). The Gumbel stays, and the heavy fit is reported as a warning.
+    if lr_p < ALPHA and c > 0:
         return BlockMaxima(block, m, "gev", float(gloc), float(gscale), float(c), lr_p)
-    return BlockMaxima(block, m, "gumbel", float(loc), float(scale), 0.0, lr_p)
+    return BlockMaxima(block, m, "gumbel", float(loc), float(scale), 0.0, lr_p, heavy=bool(lr_p < ALPHA and c < 0))
 
 
 @dataclass(frozen=True)
@@ -285,6 +289,11 @@ def pwcet(
     elif maxima is not None:
         method = maxima.kind
         notes.append("tail heavier than exponential (no MBPTA-CV tail in the CV band): block maxima used")
+        if maxima.heavy:
+            notes.append(
+                "the block maxima fit a heavy (Frechet) tail, which execution times cannot have: the runs mix "
+                "regimes (interference?); Gumbel projection used, treat the pWCET with care"
+            )
     else:
         method = "observed-max"
     if x.size < min_samples:
