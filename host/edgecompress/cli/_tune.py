@@ -189,9 +189,10 @@ def _summary(result: Any) -> None:
         table.add_row(
             f"{key} (budget {format_value(target, unit)})", format_value(base["values"].get(key), unit), final_value
         )
-    table.add_row(
-        "size",
-        format_value(base["candidate"]["size_bytes"], "bytes"),
-        format_value(final.get("size_bytes"), "bytes") if final.get("met") else "-",
-    )
+    if "size" not in base["targets"]:  # a size budget already has its row
+        table.add_row(
+            "size",
+            format_value(base["candidate"]["size_bytes"], "bytes"),
+            format_value(final.get("size_bytes"), "bytes") if final.get("met") else "-",
+        )
     console.print(table)
