@@ -7,7 +7,6 @@ import math
 import signal
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -18,8 +17,9 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from edgecompress import __version__
+from edgecompress.artifact import Artifact
 from edgecompress.budgets import Budget, check_budgets_measurable, parse_budgets
-from edgecompress.compress import CompressionPlan, SearchSpace, finetune, search_space
+from edgecompress.compress import CompressionPlan, SearchSpace, apply_plan, finetune, search_space
 from edgecompress.compress._space import Quant
 from edgecompress.config import DeviceProfile, TuneConfig, resolve_device
 from edgecompress.device import Session, measure_request, open_session
@@ -159,6 +159,15 @@ class Tuner:
     def _spec(self):
         return measure_request(self.profile, runs=self.config.runs, min_seconds=self.config.min_seconds)
 
+    def _build(
+        self, base: nn.Module, plan: CompressionPlan, space: SearchSpace, **options: Any
+    ) -> tuple[nn.Module, Candidate]:
+        """build_candidate with this run's workload, export target and validation limit."""
+        assert self.workload is not None
+        return build_candidate(
+            base, plan, self.workload, space, self.opset, self.config.val_limit, format=self.target.format, **options
+        )
+
     def _measure(self, candidate: Candidate, limits: dict[str, float] | None = None) -> dict[str, Any]:
         """Measure on the device; with ``limits``, borderline budgets get more runs before they are judged."""
         assert self.session is not None
@@ -247,15 +256,11 @@ class Tuner:
         self.reporter.message("measuring the original model on the device")
         space = self._space(original)
         plan = CompressionPlan(ratios={}, quant="fp32")
-        _, candidate = build_candidate(
+        _, candidate = self._build(
             original,
             plan,
-            self.workload,
             space,
-            self.opset,
-            self.config.val_limit,
             model=original,
-            format=self.target.format,
         )
         # L0 anchors every relative budget and every threshold: take the median of a few measurements, so one
         # disturbed window on a busy device does not move the whole search.
@@ -306,8 +311,6 @@ class Tuner:
             return
         assert self.workload is not None
         original_bytes = (self.run_dir / f"original.{self.target.format}").read_bytes()
-        from edgecompress.artifact import Artifact
-
         reference = self.state["base"]["drift_reference"]
         keys = [b.key for b in self.budgets if not b.spec.on_host]
         record: dict[str, Any] = {"round": t, "measurements": []}
@@ -440,14 +443,10 @@ class Tuner:
             plan = self._sample_plan(trial, space)
             trial.set_user_attr("plan", plan.to_json())
             record["plan"] = plan.to_json()
-            _, candidate = build_candidate(
+            _, candidate = self._build(
                 base_model,
                 plan,
-                self.workload,
                 space,
-                self.opset,
-                self.config.val_limit,
-                format=self.target.format,
                 teacher=self.original,
                 finetune_steps=self.config.candidate_finetune_steps,
                 finetune_lr=self.config.finetune_lr,
@@ -576,19 +575,13 @@ class Tuner:
             f"{chosen.user_attrs['candidate']['accuracy']:.4f}); fine-tuning "
             f"{self.config.finetune_steps} steps with distillation"
         )
-        from edgecompress.compress import apply_plan
-
         pruned = apply_plan(base_model, plan, self.workload, space)
         tuned = finetune(pruned, original, self.workload, steps=self.config.finetune_steps, lr=self.config.finetune_lr)
-        _, candidate = build_candidate(
+        _, candidate = self._build(
             base_model,
             plan,
-            self.workload,
             space,
-            self.opset,
-            self.config.val_limit,
             model=tuned,
-            format=self.target.format,
         )
         device = self._measure(candidate, limits)
         path = self._checkpoint_path(t)
@@ -630,19 +623,13 @@ class Tuner:
         options.append(("fine-tuned", tuned, plan))
         base_model = original if last == 0 else self._load_checkpoint(last - 1)
         space = self._space(base_model)
-        from edgecompress.compress import apply_plan
-
         options.append(("best trial, not fine-tuned", apply_plan(base_model, plan, self.workload, space), plan))
         for label, model, plan in options:
-            _, candidate = build_candidate(
+            _, candidate = self._build(
                 model,
                 plan,
-                self.workload,
                 space,
-                self.opset,
-                self.config.val_limit,
                 model=model,
-                format=self.target.format,
             )
             device = self._measure(candidate, self.state["base"]["targets"])
             if self._meets(device["values"]):
@@ -776,6 +763,3 @@ def run_tune(
         assert config is not None
         tuner = Tuner.start(config, out, reporter, command)
     return tuner.run()
-
-
-ProgressCallback = Callable[[dict[str, Any]], None]
