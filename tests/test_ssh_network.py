@@ -101,3 +101,21 @@ def test_proxy_command_from_ssh_config(sshd: SshServer, tmp_path: Path) -> None:
     with open_session(profile) as session:
         assert session.transport.target.proxy_command
         assert session.info["agent_version"]
+
+
+def test_socket_dying_under_a_write_is_a_lost_link_not_a_crash(sshd: SshServer, tmp_path: Path) -> None:
+    # Whichever of paramiko's threads notices first, a write on a dead socket raises EOFError (packetizer) or
+    # OSError (closed channel); both must reconnect. CI once hit the EOFError path in the middle of an upload.
+    profile = resolve_device(str(write_profile(sshd, tmp_path)))
+    (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+    data = dense_onnx(tmp_path / "m.onnx", 2 << 20).read_bytes()
+    with open_session(profile) as session:
+        session.backoff_s = 0.05
+        for _ in range(3):
+            channel = session._channel
+            assert channel is not None
+            channel.connection.client.get_transport().sock.close()
+            session.request("has_model", {"sha256": "0" * 64})
+        sha = session.put_model(data)
+        assert session.request("has_model", {"sha256": sha})[0]["cached"] is True
+    assert session.reconnects == 3

@@ -152,7 +152,8 @@ class Session:
         try:
             write_frame(channel.writer, {"id": request_id, "op": op, **fields}, payload)
             frame = read_frame(channel.reader)
-        except (OSError, ValueError, ProtocolError) as exc:
+        except (OSError, EOFError, ValueError, ProtocolError) as exc:
+            # EOFError: paramiko's packetizer raises it (not an OSError) when the socket dies under a write.
             reason = "timed out" if not watchdog.is_alive() else str(exc) or type(exc).__name__
             raise ConnectionLost(
                 f"{op} on {self.transport.name}: link lost ({reason}); {channel.diagnostics()}"
