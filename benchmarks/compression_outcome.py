@@ -17,7 +17,8 @@ from typing import Any
 
 from edgecompress.compress import MAX_OPSET, MIN_OPSET, CompressionPlan, apply_plan, finetune, search_space
 from edgecompress.config import TuneConfig, resolve_device
-from edgecompress.device import max_opset_for, measure_request, open_session
+from edgecompress.device import max_opset_for, open_session
+from edgecompress.search import tune_measure_request
 from edgecompress.search._candidate import build_candidate, measure_candidate
 from edgecompress.workload import load_workload
 
@@ -34,7 +35,7 @@ def main() -> None:
         raise SystemExit(f"{args.run_dir}: the run did not meet its budgets; nothing to compare")
     workload = load_workload(example=config.example, arch=config.arch, val_limit=config.val_limit)
     profile = resolve_device(config.device)
-    spec = measure_request(profile, runs=config.runs, min_seconds=config.min_seconds)
+    spec = tune_measure_request(profile, config, workload.input_shape)
     original = workload.build_model().eval()
     space = search_space(original, workload.input_shape, workload.ignore)
     runtime = next(r for r in results["device"]["hello"]["runtimes"] if r["name"] == "onnxruntime")

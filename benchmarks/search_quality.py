@@ -57,6 +57,7 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> 
         tradeoff_lambda=args.tradeoff_lambda,
         drift_wait_s=5.0,
         round_to=args.round_to,
+        batch=args.batch,
         name=f"{method}-{budget}-{seed}",
         **settings,
     )
@@ -74,6 +75,8 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> 
         "accuracy": final.get("accuracy") if final.get("met") else None,
         "base_accuracy": results["base"]["candidate"]["accuracy"],
         "measurements": device_measurements(results),
+        "base_value": results["base"]["values"].get(args.metric),
+        "value": (final.get("values") or {}).get(args.metric) if final.get("met") else None,
         "wall_s": wall_s,
         "run_dir": str(result.run_dir),
     }
@@ -145,6 +148,7 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=0.2)
     parser.add_argument("--tradeoff-lambda", type=float, default=10.0)
     parser.add_argument("--round-to", type=int, default=8, help="channel alignment of pruned layers")
+    parser.add_argument("--batch", type=int, default=1, help="inputs per call on the device")
     parser.add_argument("--out", type=Path, default=Path("bench-runs/search-quality"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -325,3 +325,12 @@ def test_tune_on_local_tflite_end_to_end(tmp_path):
     assert (out / "round-0" / "model.tflite").is_file()
     if result.returncode == 0:
         assert (out / "model.tflite").read_bytes()[4:8] == b"TFL3"
+
+
+def test_batch_on_a_tflite_device_is_refused_before_any_measurement(tmp_path):
+    out = tmp_path / "run"
+    args = ["--example", "digits", "--budget", "latency.mean<=1.5x", "--batch", "4", "--out", str(out)]
+    result = _cli("tune", "--device", "local-tflite", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "batch 4 needs an ONNX runtime" in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "original.tflite").exists()

@@ -231,3 +231,29 @@ def test_candidate_distillation_scores_a_pruned_candidate_closer_to_its_fine_tun
     _, distilled = build_candidate(original, plan, workload, space, 17, 300, teacher=original, finetune_steps=60)
     assert distilled.artifact.size_bytes == plain.artifact.size_bytes  # the same architecture, other weights
     assert distilled.accuracy > plain.accuracy + 0.1, (plain.accuracy, distilled.accuracy)
+
+
+def test_batch_measures_every_candidate_with_that_many_inputs_per_call(tmp_path, env):
+    out = tmp_path / "run"
+    process = tune_cli(
+        "--example",
+        "digits",
+        "--budget",
+        "latency.p50<=2x",
+        "--rounds",
+        "1",
+        "--trials-per-round",
+        "2",
+        "--batch",
+        "16",
+        *QUICK,
+        out=out,
+        env=env,
+    )
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    fed = [results["base"]["observation"]["details"]["input_shapes"]]
+    fed += [t["observation"]["details"]["input_shapes"] for t in results["trials"] if t.get("observation")]
+    assert len(fed) == 3 and all(shapes == {"input": [16, 1, 8, 8]} for shapes in fed)
+    assert json.loads((out / "state.json").read_text())["config"]["batch"] == 16

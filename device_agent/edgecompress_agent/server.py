@@ -195,6 +195,7 @@ class Agent(object):
         result.update({
             "load_ns": load_ns, "first_inference_ns": first[0], "started_unix": started,
             "providers": runner.providers, "inputs": runner.inputs, "affinity": affinity,
+            "input_shapes": dict((name, list(array.shape)) for name, array in feeds.items()),
             "power_source": reader.describe() if reader else None,
         })
         return result

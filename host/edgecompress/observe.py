@@ -197,7 +197,7 @@ def observe(
         t0 = time.monotonic()
         parts.append(session.measure(sha256, spec))
         extra_seconds += time.monotonic() - t0
-    details: dict[str, Any] = {"thermal": _thermal(parts[-1].raw)}
+    details: dict[str, Any] = {"thermal": _thermal(parts[-1].raw), "input_shapes": parts[-1].raw.get("input_shapes")}
     if len(parts) > 1:
         details["thermal_extra"] = [_thermal(m.raw) for m in parts[1:]]
     if thresholds:

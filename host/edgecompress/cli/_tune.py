@@ -96,6 +96,9 @@ def tune(
     val_limit: int | None = typer.Option(None, min=1, help="Validation samples for the accuracy objective."),
     runs: int | None = typer.Option(None, min=1, help="Timed inferences per measurement (default: the profile's)."),
     min_seconds: float | None = typer.Option(None, min=0, help="Minimum timed window per measurement."),
+    batch: int | None = typer.Option(
+        None, min=1, help="Inputs per call when measuring (default 1); latency and energy are per call."
+    ),
     opset: int | None = typer.Option(None, help="ONNX opset (default: the highest the device's runtime loads)."),
     name: str | None = typer.Option(None, help="Study name (default tune-<example>)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: a new one under runs/)."),
@@ -141,6 +144,7 @@ def tune(
             "val_limit": val_limit,
             "runs": runs,
             "min_seconds": min_seconds,
+            "batch": batch,
             "opset": opset,
             "name": name,
             "storage": storage,

@@ -20,9 +20,10 @@ from edgecompress import __version__
 from edgecompress.artifact import Artifact
 from edgecompress.budgets import Budget, check_budgets_measurable, parse_budgets
 from edgecompress.compress import CompressionPlan, SearchSpace, apply_plan, finetune, search_space
+from edgecompress.compress._export import INPUT_NAME
 from edgecompress.compress._space import Quant
 from edgecompress.config import DeviceProfile, TuneConfig, resolve_device
-from edgecompress.device import Session, measure_request, open_session
+from edgecompress.device import MeasureRequest, Session, measure_request, open_session
 from edgecompress.errors import ConfigError, DeviceError, EdgecompressError
 from edgecompress.report import group_channels, library_versions, write_tune_report_or_warn
 from edgecompress.search._candidate import Candidate, build_candidate, measure_candidate
@@ -105,6 +106,12 @@ def _relative_violation(violations: dict[str, float], limits: dict[str, float]) 
     return sum(max(0.0, v) / limits[k] for k, v in violations.items() if limits[k] > 0)
 
 
+def tune_measure_request(profile: DeviceProfile, config: TuneConfig, input_shape: tuple[int, ...]) -> MeasureRequest:
+    """How a tune run measures every model: the profile's defaults, its runs and window, ``batch`` inputs a call."""
+    shapes = {INPUT_NAME: (config.batch, *input_shape[1:])} if config.batch > 1 else None
+    return measure_request(profile, runs=config.runs, min_seconds=config.min_seconds, input_shapes=shapes)
+
+
 class Tuner:
     """One tune run in one output folder; ``run()`` is resumable at any point."""
 
@@ -156,8 +163,9 @@ class Tuner:
             return 1
         return self.config.rounds
 
-    def _spec(self):
-        return measure_request(self.profile, runs=self.config.runs, min_seconds=self.config.min_seconds)
+    def _spec(self) -> MeasureRequest:
+        assert self.workload is not None
+        return tune_measure_request(self.profile, self.config, self.workload.input_shape)
 
     def _build(
         self, base: nn.Module, plan: CompressionPlan, space: SearchSpace, **options: Any
@@ -220,6 +228,11 @@ class Tuner:
         # The runtime, its providers and the opset it loads are checked here, before any device time is spent.
         self.target: ExportTarget = export_target(self.profile, hello, self.config.opset, self.config.quant)
         self.opset = self.target.opset
+        if self.config.batch > 1 and self.target.format != "onnx":
+            raise ConfigError(
+                f"batch {self.config.batch} needs an ONNX runtime: "
+                f"the {self.target.format} export has a fixed batch of 1"
+            )
         self.reporter.message(self.target.describe())
         self._check_measurable(hello)
         original = self.workload.build_model().eval()
