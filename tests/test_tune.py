@@ -189,6 +189,11 @@ def test_a_host_checked_budget_spends_no_device_time(tmp_path, env, monkeypatch)
     assert not result.met and results["final"] == {"met": False}
     for trial in results["trials"]:
         assert trial["feasible"] is False and trial["latency"] is None and trial["constraints"]["size"] > 0
+    # A second run in the same process logs to its own folder only.
+    first_log = (tmp_path / "run" / "tune.log").read_text()
+    run_tune(config.model_copy(update={"name": "second"}), tmp_path / "run2")
+    assert (tmp_path / "run" / "tune.log").read_text() == first_log
+    assert "second/round-0" in (tmp_path / "run2" / "tune.log").read_text() and "second" not in first_log
 
 
 @pytest.mark.parametrize(

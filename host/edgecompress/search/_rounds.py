@@ -191,8 +191,17 @@ class Tuner:
     # -- the run ------------------------------------------------------------------------------------------------
 
     def run(self) -> TuneResult:
+        handler = self._attach_log()
+        try:
+            return self._run_logged()
+        finally:
+            # A later run in the same process (a notebook, a benchmark) must not write into this run's log.
+            for name in ("edgecompress", "optuna"):
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
+
+    def _run_logged(self) -> TuneResult:
         config = self.config
-        self._attach_log()
         self.reporter.message(f"run folder {self.run_dir}")
         self.workload = load_workload(
             example=config.example,
@@ -211,7 +220,7 @@ class Tuner:
             finally:
                 self.session.close()
 
-    def _attach_log(self) -> None:
+    def _attach_log(self) -> logging.Handler:
         handler = logging.FileHandler(self.run_dir / "tune.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         for name in ("edgecompress", "optuna"):
@@ -220,6 +229,7 @@ class Tuner:
         # Optuna's own lines go to the log file; the console shows the reporter's.
         optuna.logging.disable_default_handler()
         optuna.logging.set_verbosity(optuna.logging.INFO)
+        return handler
 
     def _run(self) -> TuneResult:
         assert self.session is not None and self.workload is not None
