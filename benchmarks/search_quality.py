@@ -4,7 +4,9 @@
         --measurements 24 --out bench-runs/search-quality
 
 Every method gets the same number of candidate measurements on the device (`--measurements`): the cooled
-schedules spread them over `--rounds` rounds, the single-round methods spend them in one study. For each method,
+schedules spread them over `--rounds` rounds, the single-round methods spend them in one study. The distillation
+budget is equal too: `--finetune-steps` after each round of a cooled schedule, `--rounds` times that after the one
+round of the others. For each method,
 budget and seed it runs `edgecompress tune` in-process on the local device and records the best accuracy confirmed
 on the device as meeting the budget (or "not met"), the device measurements actually made, and the wall time.
 Prints a Markdown table (mean and spread over seeds) and writes every run's folder under --out, plus a PNG of
@@ -50,7 +52,8 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> 
         rounds=rounds,
         trials_per_round=per_round,
         seed=seed,
-        finetune_steps=args.finetune_steps,
+        # Every method gets the same distillation budget in total: the cooled ones spread it over their rounds.
+        finetune_steps=args.finetune_steps * args.rounds // rounds,
         val_limit=args.val_limit,
         runs=args.runs,
         min_seconds=args.min_seconds,
