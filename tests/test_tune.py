@@ -102,6 +102,8 @@ def test_tune_meets_a_relative_latency_budget_and_writes_its_folder(tmp_path, en
     else:
         assert results["final"] == {"met": False} and "not met" in stdout
     assert (out / "study.sqlite3").is_file() and (out / "tune.log").is_file()
+    # A size budget rewards int8 whatever its speed: no probe.
+    assert results["base"]["quant_probe"]["measured"] == {} and "size" in results["base"]["quant_probe"]["skipped"]
 
 
 def test_kill_9_in_round_two_then_resume_finishes_every_trial_once(tmp_path, env):
@@ -248,7 +250,7 @@ def test_batch_measures_every_candidate_with_that_many_inputs_per_call(tmp_path,
         "--rounds",
         "1",
         "--trials-per-round",
-        "2",
+        "4",
         "--batch",
         "16",
         *QUICK,
@@ -260,5 +262,11 @@ def test_batch_measures_every_candidate_with_that_many_inputs_per_call(tmp_path,
     results = json.loads((out / "results.json").read_text())
     fed = [results["base"]["observation"]["details"]["input_shapes"]]
     fed += [t["observation"]["details"]["input_shapes"] for t in results["trials"] if t.get("observation")]
-    assert len(fed) == 3 and all(shapes == {"input": [16, 1, 8, 8]} for shapes in fed)
+    assert len(fed) == 5 and all(shapes == {"input": [16, 1, 8, 8]} for shapes in fed)
     assert json.loads((out / "state.json").read_text())["config"]["batch"] == 16
+    # Only device budgets: the original was measured in int8 too, and int8 is searched only if it was not slower.
+    probe = results["base"]["quant_probe"]
+    ratio = probe["measured"]["int8"]["ratios"]["latency.p50"]
+    assert ratio > 0 and (ratio > 1.1) == ("int8" in probe["dropped"]) and probe["kept"][0] == "fp32"
+    assert all(t["plan"]["quant"] in probe["kept"] for t in results["trials"]), [t["plan"] for t in results["trials"]]
+    assert ("int8 is left out of the search" in stdout) == ("int8" in probe["dropped"])

@@ -181,6 +181,9 @@ class TuneConfig(_Strict):
     max_ratio: float = Field(default=0.8, gt=0, lt=1)
     ratio_step: float = Field(default=0.05, gt=0, lt=1)
     quant: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"])  # type: ignore[arg-type]
+    # Measure the original once in each reduced-precision format; one slower than fp32 on every device budget is
+    # left out of the search unless a size budget rewards it (int8 QDQ on a CPU without VNNI is 1.5-2.5x slower).
+    quant_probe: bool = True
     coarsen: Literal["auto", "yes", "no"] = "auto"
     # Channel counts kept to multiples of 8: onnxruntime's CPU kernels block channels by 8 (16 with AVX-512), and
     # an odd count is slower than the unpruned layer (measured: docs/benchmarks.md). 1 disables the alignment.

@@ -96,6 +96,11 @@ def tune(
     val_limit: int | None = typer.Option(None, min=1, help="Validation samples for the accuracy objective."),
     runs: int | None = typer.Option(None, min=1, help="Timed inferences per measurement (default: the profile's)."),
     min_seconds: float | None = typer.Option(None, min=0, help="Minimum timed window per measurement."),
+    quant_probe: bool | None = typer.Option(
+        None,
+        "--quant-probe/--no-quant-probe",
+        help="Measure the original in int8/fp16 first and leave a format out when it is slower than fp32 (default on).",
+    ),
     batch: int | None = typer.Option(
         None, min=1, help="Inputs per call when measuring (default 1); latency and energy are per call."
     ),
@@ -145,6 +150,7 @@ def tune(
             "runs": runs,
             "min_seconds": min_seconds,
             "batch": batch,
+            "quant_probe": quant_probe,
             "opset": opset,
             "name": name,
             "storage": storage,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -35,6 +36,7 @@ from edgecompress.workload import Workload, load_workload
 log = logging.getLogger("edgecompress.tune")
 COARSEN_ABOVE_GROUPS = 12
 BASE_MEASUREMENTS = 3
+QUANT_PROBE_MARGIN = 0.10  # a format must be more than 10% slower than fp32 on every device budget to be left out
 INTERRUPTED = "interrupted"
 
 
@@ -251,6 +253,11 @@ class Tuner:
             self.state["base"] = self._measure_base(original)
             self._save()
         base_info = self.state["base"]
+        if "quant_probe" not in base_info:
+            base_info["quant_probe"] = self._probe_quant(original)
+            self._save()
+        kept = tuple(base_info["quant_probe"]["kept"])
+        self.target = dataclasses.replace(self.target, quant_modes=kept)
         rounds = self._rounds()
         for t in range(rounds):
             if t < len(self.state["rounds"]) and "next_base" in self.state["rounds"][t]:
@@ -273,6 +280,51 @@ class Tuner:
 
     def _check_measurable(self, hello: dict[str, Any]) -> None:
         check_budgets_measurable(self.budgets, hello, self.profile.power.source, self.profile.power.command)
+
+    def _probe_quant(self, original: nn.Module) -> dict[str, Any]:
+        """Measure the original once in each reduced-precision format the search would sample. A format slower than
+        fp32 by more than QUANT_PROBE_MARGIN on every device budget is left out, unless a host budget (size) rewards
+        it: trials spent on it are wasted, and a few trials per round are too few for a sampler to learn that."""
+        modes = list(self.target.quant_modes)
+        probe: dict[str, Any] = {"kept": modes, "measured": {}, "dropped": []}
+        device_budgets = [b for b in self.budgets if not b.spec.on_host]
+        if not self.config.quant_probe or self.config.strategy == "uniform" or "fp32" not in modes or len(modes) < 2:
+            return probe
+        if len(device_budgets) < len(self.budgets):
+            probe["skipped"] = "a host-checked budget (size) rewards the smaller formats"
+            return probe
+        base = self.state["base"]["values"]
+        space = self._space(original)
+        for mode in modes:
+            if mode == "fp32":
+                continue
+            try:
+                _, candidate = self._build(original, CompressionPlan(quant=cast(Quant, mode)), space, model=original)
+                values = self._measure(candidate)["values"]
+            except DeviceError:
+                raise
+            except (EdgecompressError, RuntimeError, ValueError) as exc:
+                probe["measured"][mode] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            ratios = {
+                b.key: (values[b.key] or 0.0) / base[b.key]
+                if values.get(b.key) is not None and base.get(b.key)
+                else None
+                for b in device_budgets
+            }
+            probe["measured"][mode] = {"values": {b.key: values.get(b.key) for b in device_budgets}, "ratios": ratios}
+            slower = all(r is not None and r > 1 + QUANT_PROBE_MARGIN for r in ratios.values())
+            shown = ", ".join(f"{k} {r:.2f}x of fp32" for k, r in ratios.items() if r is not None)
+            if slower:
+                probe["dropped"].append(mode)
+                self.reporter.message(
+                    f"{mode}: the original measured {shown} on this device; {mode} is left out of the search "
+                    "(--no-quant-probe keeps it)"
+                )
+            else:
+                self.reporter.message(f"{mode}: the original measured {shown} on this device; {mode} stays")
+        probe["kept"] = [m for m in modes if m not in probe["dropped"]]
+        return probe
 
     def _measure_base(self, original: nn.Module) -> dict[str, Any]:
         assert self.workload is not None
