@@ -3,7 +3,8 @@
     python benchmarks/search_quality.py --example fashion-mnist --budgets 0.5 0.35 --seeds 0 1 2 \
         --measurements 24 --out bench-runs/search-quality
 
-Every method gets the same number of candidate measurements on the device (`--measurements`): the cooled
+Every method gets the same number of candidate measurements on the device (`--measurements`, plus the int8 probe of
+the original where tune makes it, counted in the table): the cooled
 schedules spread them over `--rounds` rounds, the single-round methods spend them in one study. The distillation
 budget is equal too: `--finetune-steps` after each round of a cooled schedule, `--rounds` times that after the one
 round of the others. For each method,
@@ -38,7 +39,8 @@ METHODS = {
 def device_measurements(results: dict) -> int:
     """Candidate measurements the run made on the device (trials measured, plus each round's fine-tuned base)."""
     trials = sum(1 for t in results["trials"] if t.get("latency"))
-    return trials + len(results["rounds"])
+    probes = len((results["base"].get("quant_probe") or {}).get("measured") or {})
+    return trials + len(results["rounds"]) + probes
 
 
 def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> dict:
@@ -61,6 +63,7 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> 
         drift_wait_s=5.0,
         round_to=args.round_to,
         batch=args.batch,
+        quant_probe=args.quant_probe,
         name=f"{method}-{budget}-{seed}",
         **settings,
     )
@@ -152,6 +155,7 @@ def main() -> None:
     parser.add_argument("--tradeoff-lambda", type=float, default=10.0)
     parser.add_argument("--round-to", type=int, default=8, help="channel alignment of pruned layers")
     parser.add_argument("--batch", type=int, default=1, help="inputs per call on the device")
+    parser.add_argument("--quant-probe", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", type=Path, default=Path("bench-runs/search-quality"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
