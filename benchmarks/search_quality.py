@@ -123,17 +123,34 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in METHODS:
-        points = sorted({r["budget"] for r in rows if r["method"] == method})
-        means = []
-        for budget in points:
-            accs = [100 * r["accuracy"] for r in rows if r["method"] == method and r["budget"] == budget and r["met"]]
-            means.append(statistics.fmean(accs) if accs else float("nan"))
-        ax.plot(points, means, marker="o", label=method)
-    ax.set_xlabel("latency budget (x of the original)")
-    ax.set_ylabel("best feasible accuracy (%)")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    budgets = sorted({r["budget"] for r in rows})
+    floor = min((100 * r["accuracy"] for r in rows if r["met"]), default=50.0) - 5
+    for index, method in enumerate(m for m in METHODS if any(r["method"] == m for r in rows)):
+        color = f"C{index}"
+        shift = (index - 2.5) * 0.008  # side by side, not on top of each other
+        for budget in budgets:
+            group = [r for r in rows if r["method"] == method and r["budget"] == budget]
+            accs = [100 * r["accuracy"] for r in group if r["met"]]
+            if accs:
+                spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+                ax.errorbar(budget + shift, statistics.fmean(accs), yerr=spread, fmt="o", color=color, capsize=3)
+            if group:
+                ax.annotate(
+                    f"{len(accs)}/{len(group)}",
+                    (budget + shift, statistics.fmean(accs) if accs else floor),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                    color=color,
+                )
+                if not accs:
+                    ax.plot(budget + shift, floor, "x", color=color)
+        ax.plot([], [], "o", color=color, label=method)
+    ax.set_xticks(budgets, [f"{b}x" for b in budgets])
+    ax.set_xlabel("latency budget (of the original's); x at the bottom: no seed met it; k/n: seeds that met it")
+    ax.set_ylabel("best feasible accuracy (%), mean ± sd")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
