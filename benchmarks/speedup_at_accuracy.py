@@ -1,8 +1,9 @@
 """Measured speedup at <= 1 point accuracy drop: every method's final models against int8 alone.
 
-    python benchmarks/speedup_at_accuracy.py bench-runs/search-quality [--max-drop 1.0] [--repeats 3]
+    python benchmarks/speedup_at_accuracy.py bench-runs/search-quality [MORE_FOLDERS] [--max-drop 1.0] [--repeats 3]
 
-Reads the runs a `search_quality.py` output folder holds (rows.jsonl and each run's folder). In one session on the
+Reads the runs that `search_quality.py` output folders hold (rows.jsonl and each run's folder; the same network,
+batch and validation images in all). In one session on the
 local device it measures, round-robin so that all see the same machine state: the original fp32 model, the original
 in int8 (no pruning), and the final model of every run that met its budget. A model's latency is the median of its
 p50s over the repeats, at the runs' batch size. Accuracy is each run's own (host, onnxruntime, the deployed bytes, the
@@ -29,14 +30,16 @@ from edgecompress.workload import load_workload
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="a search_quality.py output folder")
+    parser.add_argument("out", type=Path, nargs="+", help="search_quality.py output folders")
     parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy points")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    rows = [json.loads(line) for line in (args.out / "rows.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for out in args.out for line in (out / "rows.jsonl").read_text().splitlines()]
     met = [r for r in rows if r["met"]]
     if not met:
-        raise SystemExit(f"{args.out}: no run met its budget; nothing to compare")
+        raise SystemExit("no run met its budget; nothing to compare")
+    if len({r["base_accuracy"] for r in rows}) > 1:
+        raise SystemExit("the folders hold runs of different originals or validation sets; compare like with like")
     first = Path(met[0]["run_dir"])
     results = json.loads((first / "results.json").read_text())
     config = TuneConfig.model_validate(results["config"])
@@ -55,7 +58,7 @@ def main() -> None:
     }
     for r in met:
         run = Path(r["run_dir"])
-        models[f"{r['method']} b{r['budget']} s{r['seed']}"] = (
+        models[f"{r['method']} b{r['budget']} s{r['seed']} ({run.parent.name})"] = (
             r["method"],
             r["accuracy"],
             (run / "model.onnx").read_bytes(),
@@ -92,7 +95,7 @@ def main() -> None:
             print(f"| {method} | 0/{len(names)} | — | — | — | {overall} |")
     print("\nper model (median p50 over the repeats):")
     for name, value in sorted(latency.items(), key=lambda item: item[1]):
-        print(f"  {name:<28} {value:.3f} ms  {reference / value:.2f}x  accuracy {100 * models[name][1]:.2f}%")
+        print(f"  {name:<48} {value:.3f} ms  {reference / value:.2f}x  accuracy {100 * models[name][1]:.2f}%")
 
 
 if __name__ == "__main__":
