@@ -12,6 +12,7 @@ import argparse
 import statistics
 
 import torch
+from _roundrobin import round_robin_p50s
 
 from edgecompress.compress import CompressionPlan, apply_plan, build_artifact, search_space
 from edgecompress.config import resolve_device
@@ -39,11 +40,7 @@ def main() -> None:
     session = open_session(profile)
     try:
         shas = {name: session.put_model(a.data) for name, a in artifacts.items()}
-        p50s: dict[str, list[float]] = {name: [] for name in artifacts}
-        for _ in range(args.repeats):
-            for name, sha in shas.items():
-                latencies = sorted(session.measure(sha, spec).latencies_ns)
-                p50s[name].append(latencies[len(latencies) // 2] / 1e6)
+        p50s = round_robin_p50s(session, shas, spec, args.repeats)
     finally:
         session.close()
     for name, values in p50s.items():

@@ -11,10 +11,10 @@ lowest ratio is about the tightest relative latency budget a search can meet the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 
 import torch
+from _roundrobin import round_robin_p50s
 
 from edgecompress.compress import CompressionPlan, apply_plan, build_artifact, model_cost, search_space
 from edgecompress.compress._export import INPUT_NAME
@@ -48,15 +48,9 @@ def main() -> None:
                 macs[ratio] = model_cost(model, workload.input_shape)[0]
                 shas[ratio] = session.put_model(build_artifact(model, plan, workload, opset=17).data)
             for batch in args.batches:
-                spec = dataclasses.replace(
-                    measure_request(profile, runs=args.runs, min_seconds=0.3),
-                    input_shapes={INPUT_NAME: (batch, *workload.input_shape[1:])},
-                )
-                p50s: dict[float, list[float]] = {r: [] for r in RATIOS}
-                for _ in range(args.repeats):
-                    for ratio, sha in shas.items():
-                        latencies = sorted(session.measure(sha, spec).latencies_ns)
-                        p50s[ratio].append(latencies[len(latencies) // 2] / 1e6)
+                shapes = {INPUT_NAME: (batch, *workload.input_shape[1:])}
+                spec = measure_request(profile, runs=args.runs, min_seconds=0.3, input_shapes=shapes)
+                p50s = round_robin_p50s(session, shas, spec, args.repeats)
                 medians = {r: statistics.median(v) for r, v in p50s.items()}
                 cells = [f"{medians[r]:.3f} ms ({medians[r] / medians[0.0]:.2f}x)" for r in RATIOS]
                 print(f"| {arch} | {batch} | " + " | ".join(cells) + " |", flush=True)

@@ -18,11 +18,12 @@ import json
 import statistics
 from pathlib import Path
 
-import onnx
+from _roundrobin import round_robin_p50s
 
-from edgecompress.compress import CompressionPlan, search_space
+from edgecompress.compress import MIN_OPSET, CompressionPlan, search_space
 from edgecompress.config import TuneConfig, resolve_device
 from edgecompress.device import open_session
+from edgecompress.device._runtime import onnx_opset
 from edgecompress.search import tune_measure_request
 from edgecompress.search._candidate import build_candidate
 from edgecompress.workload import load_workload
@@ -48,7 +49,7 @@ def main() -> None:
     original = workload.build_model().eval()
     space = search_space(original, workload.input_shape, workload.ignore)
     original_bytes = (first / "original.onnx").read_bytes()
-    opset = next(o.version for o in onnx.load_from_string(original_bytes).opset_import if o.domain in ("", "ai.onnx"))
+    opset = onnx_opset(original_bytes) or MIN_OPSET
     _, int8 = build_candidate(
         original, CompressionPlan(quant="int8"), workload, space, opset, config.val_limit, model=original
     )
@@ -65,13 +66,9 @@ def main() -> None:
         )
     profile = resolve_device(config.device)
     spec = tune_measure_request(profile, config, workload.input_shape)
-    p50s: dict[str, list[float]] = {name: [] for name in models}
     with open_session(profile) as session:
         shas = {name: session.put_model(data) for name, (_, _, data) in models.items()}
-        for _ in range(args.repeats):
-            for name, sha in shas.items():
-                latencies = sorted(session.measure(sha, spec).latencies_ns)
-                p50s[name].append(latencies[len(latencies) // 2] / 1e6)
+        p50s = round_robin_p50s(session, shas, spec, args.repeats)
     latency = {name: statistics.median(values) for name, values in p50s.items()}
     reference = latency["original fp32"]
     print(f"original fp32: accuracy {100 * base_accuracy:.2f}%, p50 {reference:.3f} ms (batch {config.batch})\n")
