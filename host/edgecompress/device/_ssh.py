@@ -471,19 +471,22 @@ class SshTransport:
         self.last_connect_s = connection.connect_s
         return connection
 
+    def _agent_options(self) -> dict[str, Any]:
+        """What bootstrap and start_agent both need to know about this device's agent."""
+        return {
+            "python": self.python,
+            "cache_dir": self.cache_dir,
+            "runtime": self.profile.runtime.name,
+            "device": self.device,
+            "require_runtime": self.require_runtime,
+            "package": self.package,
+            "on_event": self.on_event,
+            "timeout_s": self.probe_timeout_s,
+        }
+
     def prepare(self, connection: Connection) -> BootstrapResult:
         """Probe the device and install the agent if this version is missing, without starting it."""
-        result = bootstrap(
-            connection.client,
-            self.python,
-            self.cache_dir,
-            self.profile.runtime.name,
-            self.device,
-            require_runtime=self.require_runtime,
-            package=self.package,
-            on_event=self.on_event,
-            timeout_s=self.probe_timeout_s,
-        )
+        result = bootstrap(connection.client, **self._agent_options())
         self.last_bootstrap = result
         return result
 
@@ -493,18 +496,7 @@ class SshTransport:
     def start(self, connection: Connection) -> SshChannel:
         """Start the agent on an exec channel of ``connection``, installing it first if it is missing."""
         try:
-            started, result = start_agent(
-                connection.client,
-                self.python,
-                self.cache_dir,
-                self.profile.runtime.name,
-                self.device,
-                require_runtime=self.require_runtime,
-                package=self.package,
-                token=self.token,
-                on_event=self.on_event,
-                timeout_s=self.probe_timeout_s,
-            )
+            started, result = start_agent(connection.client, token=self.token, **self._agent_options())
         except BaseException:
             connection.close()
             raise
