@@ -307,9 +307,7 @@ class Tuner:
                 probe["measured"][mode] = {"error": f"{type(exc).__name__}: {exc}"}
                 continue
             ratios = {
-                b.key: (values[b.key] or 0.0) / base[b.key]
-                if values.get(b.key) is not None and base.get(b.key)
-                else None
+                b.key: values[b.key] / base[b.key] if values.get(b.key) is not None and base.get(b.key) else None
                 for b in device_budgets
             }
             probe["measured"][mode] = {"values": {b.key: values.get(b.key) for b in device_budgets}, "ratios": ratios}
