@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import struct
 import subprocess
 import sys
@@ -138,6 +139,47 @@ def test_malformed_json_is_answered_and_the_stream_stays_in_sync(agent_process):
     client.send_raw(struct.pack(">I", len(body)) + body)
     header, _ = read_frame(agent_process.stdout)
     assert not header["ok"] and "not UTF-8 JSON" in header["error"]["message"]
+    assert client.call("hello")[0]["ok"]
+
+
+def test_a_deeply_nested_header_is_a_bad_request_not_a_crash(agent_process):
+    client = Client(agent_process)
+    body = b'{"id":1,"op":"hello","protocol":' + b"[" * 3000 + b"]" * 3000 + b"}"  # 6 KB
+    client.send_raw(struct.pack(">I", len(body)) + body)
+    header, _ = read_frame(agent_process.stdout)
+    assert not header["ok"] and header["error"]["type"] == "bad_request", header
+    assert "nests too deeply" in header["error"]["message"]
+    assert client.call("hello")[0]["ok"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"runs": "x"}, "'runs' must be int"),
+        ({"threads": -1}, "'threads' = -1 is outside"),
+        ({"min_seconds": "a"}, "'min_seconds' must be int/float"),
+        ({"min_seconds": float("nan")}, "'min_seconds' must be a finite number"),
+        ({"max_seconds": float("inf")}, "'max_seconds' must be a finite number"),
+        ({"input_shapes": [1, 3, 32, 32]}, "'input_shapes' must be dict"),
+        ({"input_shapes": {"input": "x"}}, "input_shapes['input'] must be a list of positive integers"),
+        ({"input_shapes": {"input": [1, 3, -32, 32]}}, "input_shapes['input'] must be a list of positive integers"),
+        ({"input_shapes": {"input": [1, 3, 32.5, 32]}}, "input_shapes['input'] must be a list of positive integers"),
+        ({"input_shapes": {"input": [1, 3]}}, "has 2 dimensions; the model's input has 4"),
+        ({"input_shapes": {"image": [1, 3, 32, 32]}}, "names 'image', which is not an input"),
+        ({"input_shapes": {"input": [1, 3, 16, 16]}}, "inference fails on inputs of shape"),
+        ({"input_shapes": {"input": [2**40, 2**40, 32, 32]}}, "cannot be allocated"),
+    ],
+)
+def test_bad_measure_fields_are_bad_requests(agent_process, tiny_onnx, fields, needle):
+    client = Client(agent_process)
+    sha = _put(client, tiny_onnx.read_bytes())
+    client.next_id += 1
+    request = {"id": client.next_id, "op": "measure", "sha256": sha, "runs": 1, "min_seconds": 0, **fields}
+    body = json.dumps(request).encode()  # json.dumps writes NaN and Infinity as a careless host would
+    client.send_raw(struct.pack(">I", len(body)) + body)
+    header, _ = read_frame(agent_process.stdout)
+    assert not header["ok"] and header["error"]["type"] == "bad_request", header
+    assert needle in header["error"]["message"]
     assert client.call("hello")[0]["ok"]
 
 

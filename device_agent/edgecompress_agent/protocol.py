@@ -18,7 +18,9 @@ class ProtocolError(Exception):
 
 
 class FrameError(Exception):
-    """A well-framed request with bad content: answer with an error frame and keep serving."""
+    """A well-framed request with bad content: answer with an error frame of type ``kind`` and keep serving."""
+
+    kind = "bad_request"
 
 
 def _read_exact(stream, n):
@@ -79,6 +81,9 @@ def read_frame(stream, max_payload=MAX_PAYLOAD_BYTES):
     except (UnicodeDecodeError, ValueError) as exc:
         # The length was honoured, so the stream is still in sync: a bad request, not a broken stream.
         raise FrameError("header is not UTF-8 JSON: {}".format(exc))
+    except RecursionError:
+        # A few kilobytes of brackets exhaust the parser's stack; the length was honoured, so the stream is in sync.
+        raise FrameError("header nests too deeply to be parsed")
     if not isinstance(header, dict):
         raise FrameError("header is a JSON {}, not an object".format(type(header).__name__))
     size = header.get("payload", 0)

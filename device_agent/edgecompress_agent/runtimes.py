@@ -13,9 +13,13 @@ _TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 class RuntimeUnavailable(FrameError):
     """The runtime asked for is not importable on this device."""
 
+    kind = "RuntimeUnavailable"
+
 
 class ModelLoadError(FrameError):
     """The runtime refused the model."""
+
+    kind = "ModelLoadError"
 
 
 def _import(name):
@@ -135,21 +139,40 @@ def load(path, runtime="onnxruntime", threads=None, providers=None, options=None
     raise FrameError("unknown runtime {!r}; known: {}".format(runtime, ", ".join(RUNTIMES)))
 
 
+def _check_shapes(runner, shapes):
+    """A FrameError unless ``shapes`` maps the model's input names to lists of positive integers of the right rank."""
+    declared = dict((spec["name"], spec["shape"]) for spec in runner.inputs)
+    for name, shape in shapes.items():
+        if name not in declared:
+            raise FrameError("input_shapes names {!r}, which is not an input of the model (its inputs: {})".format(
+                name, ", ".join(sorted(declared))))
+        if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+            raise FrameError("input_shapes[{!r}] must be a list of positive integers".format(name))
+        if len(shape) != len(declared[name]):
+            raise FrameError("input_shapes[{!r}] has {} dimensions; the model's input has {} ({})".format(
+                name, len(shape), len(declared[name]), declared[name]))
+
+
 def random_inputs(runner, shapes=None, seed=0):
     """Inputs of the model's declared types; dynamic dimensions are 1 unless ``shapes`` names them."""
     np = _numpy()
     rng = np.random.RandomState(seed)
     feeds = {}
     shapes = shapes or {}
+    _check_shapes(runner, shapes)
     for spec in runner.inputs:
         shape = shapes.get(spec["name"]) or [d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"]]
         dtype = np.dtype(spec["dtype"])
-        if dtype.kind == "f":
-            feeds[spec["name"]] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[spec["name"]] = rng.randint(0, 2, size=shape).astype(dtype)
-        else:
-            feeds[spec["name"]] = rng.randint(0, 10, size=shape).astype(dtype)
+        try:
+            if dtype.kind == "f":
+                feeds[spec["name"]] = rng.standard_normal(shape).astype(dtype)
+            elif dtype.kind == "b":
+                feeds[spec["name"]] = rng.randint(0, 2, size=shape).astype(dtype)
+            else:
+                feeds[spec["name"]] = rng.randint(0, 10, size=shape).astype(dtype)
+        except ValueError as exc:  # numpy's answer to a shape beyond the address space
+            raise FrameError("input {!r} of shape {} cannot be allocated: {}".format(spec["name"], shape, exc))
     return feeds
 
 

@@ -1,5 +1,6 @@
 """The request loop: one framed request in, one framed answer out, until ``bye`` or end of input."""
 
+import math
 import os
 import sys
 import time
@@ -29,6 +30,8 @@ def _field(header, key, kinds, default=None, required=False, low=None, high=None
         raise FrameError("{!r} must be {}, got a boolean".format(key, "/".join(k.__name__ for k in kinds)))
     if not isinstance(value, kinds):
         raise FrameError("{!r} must be {}, got {}".format(key, "/".join(k.__name__ for k in kinds), type(value).__name__))
+    if isinstance(value, float) and not math.isfinite(value):  # json.loads reads NaN and Infinity
+        raise FrameError("{!r} must be a finite number, got {}".format(key, value))
     if low is not None and value < low or high is not None and value > high:
         raise FrameError("{!r} = {} is outside [{}, {}]".format(key, value, low, high))
     return value
@@ -85,7 +88,7 @@ class Agent(object):
         try:
             result = handler(header, payload)
         except FrameError as exc:
-            self._send_error(request_id, type(exc).__name__, str(exc))
+            self._send_error(request_id, exc.kind, str(exc))
             return
         except MemoryError:
             self._send_error(request_id, "MemoryError", "out of memory while serving {!r}".format(op))
@@ -170,15 +173,21 @@ class Agent(object):
             before["wait"] = cool_wait
             idle_trace, idle_w = power.idle_reading(reader, idle_seconds, interval) if reader else (None, None)
             sampler = power.Sampler(reader, interval).start() if reader else None
-            with measure.Affinity(affinity):
-                if first[0] is None:
-                    t0 = measure.now_ns()
-                    runner.run(feeds)
-                    first[0] = measure.now_ns() - t0
-                latencies, warm_done, wall_ns = measure.timed_runs(
-                    lambda: runner.run(feeds), warmup_runs, warmup_seconds, runs, min_seconds, max_seconds)
-                window_end = measure.now_ns()
-            trace = sampler.stop() if sampler else None
+            try:
+                with measure.Affinity(affinity):
+                    if first[0] is None:
+                        t0 = measure.now_ns()
+                        try:
+                            runner.run(feeds)
+                        except Exception as exc:  # inputs the model refuses (input_shapes): the request's fault
+                            raise FrameError("inference fails on inputs of shape {}: {}".format(
+                                dict((k, list(v.shape)) for k, v in feeds.items()), runtimes._short(exc)))
+                        first[0] = measure.now_ns() - t0
+                    latencies, warm_done, wall_ns = measure.timed_runs(
+                        lambda: runner.run(feeds), warmup_runs, warmup_seconds, runs, min_seconds, max_seconds)
+                    window_end = measure.now_ns()
+            finally:  # a failed request leaves no sampler thread behind
+                trace = sampler.stop() if sampler else None
             after = thermal.state(self.root)
             return {"latencies_ns": latencies, "warmup_runs": warm_done, "window_ns": wall_ns,
                     "window_start_ns": window_end - wall_ns, "window_end_ns": window_end,
