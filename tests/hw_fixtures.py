@@ -5,11 +5,14 @@ test knows the exact watts the agent must read. Layouts:
 
 - Jetson Orin Nano, JetPack 6 (mainline ina3221 hwmon): /sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon1/
   in<K>_label, in<K>_input (mV), curr<K>_input (mA), K = 1..3, in4..in7 shunt channels (7 = sum of shunts).
-- Jetson AGX Orin: two INA3221 at 1-0040 and 1-0041, no VDD_IN, unconnected channels labelled "NC".
+- Jetson AGX Orin: two INA3221 at 1-0040 and 1-0041, no VDD_IN, unconnected channels labelled "NC". Its power
+  tree (NVIDIA's Jetson Linux developer guide): VDD_GPU_SOC, VDD_CPU_CV and VIN_SYS_5V0 are the top-level rails;
+  VDDQ_VDD2_1V8AO (the DRAM) is fed from VIN_SYS_5V0 and included in it.
 - Jetson Nano, JetPack 4 (ina3221x IIO): /sys/bus/i2c/drivers/ina3221x/6-0040/iio:device0/rail_name_K,
   in_voltageK_input (mV), in_currentK_input (mA), in_powerK_input (mW), K = 0..2.
-- Intel RAPL: /sys/class/powercap/intel-rapl:0/{name,energy_uj,max_energy_range_uj}, and the core sub-zone
-  intel-rapl:0:0 next to it, as the class directory lists both.
+- Intel RAPL (powercap): /sys/class/powercap/intel-rapl:N/{name,energy_uj,max_energy_range_uj} is package N (or
+  psys, the platform), intel-rapl:N:M its sub-zones (core, uncore, dram), all listed flat in the class directory.
+  core and uncore are inside their package; dram is not (a domain of its own); psys includes packages and dram.
 - Raspberry Pi 5: a fake ``vcgencmd`` script printing recorded ``pmic_read_adc`` output, and ``get_throttled``
   words from a list (one per call, the last repeated).
 """
@@ -49,7 +52,10 @@ def orin_nano_jp6(root: Path) -> Path:
     return root
 
 
-AGX_ORIN_W = 19000 * 500 / 1e6 + 19000 * 300 / 1e6 + 5000 * 1000 / 1e6 + 1800 * 100 / 1e6  # the partial sum
+# An idle AGX Orin: the DRAM rail is about a tenth of the rest, so counting it twice reads ~10% high.
+AGX_ORIN_RAILS_W = {"VDD_GPU_SOC": 19.0 * 0.16, "VDD_CPU_CV": 19.0 * 0.06, "VIN_SYS_5V0": 5.0 * 0.7}
+AGX_ORIN_DRAM_W = 1.8 * 0.45  # VDDQ_VDD2_1V8AO, inside VIN_SYS_5V0
+AGX_ORIN_W = sum(AGX_ORIN_RAILS_W.values())
 
 
 def agx_orin(root: Path) -> Path:
@@ -57,9 +63,9 @@ def agx_orin(root: Path) -> Path:
         root,
         "1-0040",
         "hwmon2",
-        {1: ("VDD_GPU_SOC", 19000, 500), 2: ("VDD_CPU_CV", 19000, 300), 3: ("VIN_SYS_5V0", 5000, 1000)},
+        {1: ("VDD_GPU_SOC", 19000, 160), 2: ("VDD_CPU_CV", 19000, 60), 3: ("VIN_SYS_5V0", 5000, 700)},
     )
-    _hwmon(root, "1-0041", "hwmon3", {1: ("NC", 0, 0), 2: ("VDDQ_VDD2_1V8AO", 1800, 100), 3: ("NC", 0, 0)})
+    _hwmon(root, "1-0041", "hwmon3", {1: ("NC", 0, 0), 2: ("VDDQ_VDD2_1V8AO", 1800, 450), 3: ("NC", 0, 0)})
     return root
 
 
@@ -90,8 +96,45 @@ def rapl(root: Path, energy_uj: int = 1_000_000) -> Path:
     return root
 
 
-def set_rapl_energy(root: Path, energy_uj: int) -> None:
-    _write(root / "sys/class/powercap/intel-rapl:0/energy_uj", energy_uj)
+def rapl_zones(root: Path, zones: dict[str, tuple[str, int]]) -> Path:
+    """Any powercap layout: {zone directory: (name, energy_uj)}, e.g. {"intel-rapl:0:0": ("dram", 7)}."""
+    for zone, (name, value) in zones.items():
+        base = root / "sys/class/powercap" / zone
+        _write(base / "name", name)
+        _write(base / "energy_uj", value)
+        _write(base / "max_energy_range_uj", RAPL_RANGE_UJ)
+    return root
+
+
+def rapl_server(root: Path) -> Path:
+    """A two-socket Xeon: each package has a dram sub-zone (no core/uncore on servers)."""
+    return rapl_zones(
+        root,
+        {
+            "intel-rapl:0": ("package-0", 0),
+            "intel-rapl:0:0": ("dram", 0),
+            "intel-rapl:1": ("package-1", 0),
+            "intel-rapl:1:0": ("dram", 0),
+        },
+    )
+
+
+def rapl_client_with_psys(root: Path) -> Path:
+    """A laptop: package with core, uncore and dram sub-zones, and psys, the platform domain, at top level."""
+    return rapl_zones(
+        root,
+        {
+            "intel-rapl:0": ("package-0", 0),
+            "intel-rapl:0:0": ("core", 0),
+            "intel-rapl:0:1": ("uncore", 0),
+            "intel-rapl:0:2": ("dram", 0),
+            "intel-rapl:1": ("psys", 0),
+        },
+    )
+
+
+def set_rapl_energy(root: Path, energy_uj: int, zone: str = "intel-rapl:0") -> None:
+    _write(root / "sys/class/powercap" / zone / "energy_uj", energy_uj)
 
 
 def thermal_zone(root: Path, index: int, kind: str, millideg: int) -> Path:

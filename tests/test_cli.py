@@ -67,3 +67,14 @@ def test_devices_lists_profiles_and_info_reports_hello(cli_env):
 def test_debug_shows_the_traceback(cli_env):
     result = run_cli("--debug", "bench", "missing.onnx", env=cli_env)
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_devices_info_says_which_rails_make_the_power_total(tmp_path, cli_env):
+    """An AGX Orin's rails overlap: info names the rails summed and the one inside another."""
+    from hw_fixtures import agx_orin
+
+    profile = tmp_path / "agx.toml"
+    profile.write_text(f'name = "agx"\ntransport = "local"\nsysfs_root = "{agx_orin(tmp_path / "sys-root")}"\n')
+    info = run_cli("devices", "info", str(profile), env=dict(cli_env, COLUMNS="200"))
+    assert info.returncode == 0, info.stderr
+    assert "total = VDD_GPU_SOC + VDD_CPU_CV + VIN_SYS_5V0; VDDQ_VDD2_1V8AO is inside VIN_SYS_5V0" in info.stdout

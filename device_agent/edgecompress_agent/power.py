@@ -17,8 +17,23 @@ import threading
 from .measure import now_ns
 from .system import _join, _read, _read_int
 
-# The rail that is the whole board's input, when a board has one (Orin VDD_IN, Nano POM_5V_IN).
+# The documented power trees of the Jetson modules (NVIDIA Jetson Linux Developer Guide, "Platform Power and
+# Performance", on-board power monitors), by rail label. A rail fed from another measured rail is already counted in
+# it: adding both counts it twice. So the total is the input rail where the board measures one, else the sum of the
+# rails that are not inside another measured rail.
+# The module's input rail: everything else the board measures is inside it (Orin Nano/NX and Xavier NX VDD_IN,
+# Nano JetPack 4 POM_5V_IN).
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")
+# {rail: the measured rail that feeds it}.
+SUB_RAILS = {
+    "VDD_CPU_GPU_CV": "VDD_IN",  # Orin Nano, Orin NX, Xavier NX
+    "VDD_SOC": "VDD_IN",
+    "POM_5V_GPU": "POM_5V_IN",  # Nano (JetPack 4)
+    "POM_5V_CPU": "POM_5V_IN",
+    "VDDQ_VDD2_1V8AO": "VIN_SYS_5V0",  # AGX Orin: the DRAM rail is fed from the 5 V system rail
+}
+# Top-level rails of a board without an input rail (AGX Orin): their sum is the module's draw.
+TOP_RAILS = ("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0")
 MAX_SAMPLES = 100000
 COMMAND_TIMEOUT_S = 5.0
 
@@ -32,8 +47,21 @@ def _number(name):
     return int(digits[-1]) if digits else -1
 
 
+def explain(summed, inside, why=""):
+    """'total = A + B; C is inside B': which rails make the total, and where the others are counted."""
+    text = "total = " + " + ".join(summed) + (" " + why if why else "")
+    parents = []
+    for parent in inside.values():
+        if parent not in parents:
+            parents.append(parent)
+    for parent in parents:
+        rails = [rail for rail in inside if inside[rail] == parent]
+        text += "; {} {} inside {}".format(", ".join(rails), "is" if len(rails) == 1 else "are", parent)
+    return text
+
+
 class _RailReader(object):
-    """Shared by the INA3221 readers: rails in watts, total from the input rail or else a partial sum."""
+    """Shared by the INA3221 readers: rails in watts; the total from the board's documented power tree."""
 
     kind = "power"
     min_interval_s = 0.001
@@ -42,8 +70,14 @@ class _RailReader(object):
         self.channels = channels  # [(rail label, function returning watts)]
         labels = [label for label, _ in channels]
         self.total_rail = next((r for r in TOTAL_RAILS if r in labels), None)
-        # AGX Orin has no input rail and its rails overlap: their sum is a lower bound of nothing in particular.
-        self.partial = self.total_rail is None
+        if self.total_rail:
+            self.summed = [self.total_rail]
+            self.inside = dict((label, self.total_rail) for label in labels if label != self.total_rail)
+        else:
+            self.inside = dict((label, SUB_RAILS[label]) for label in labels if SUB_RAILS.get(label) in labels)
+            self.summed = [label for label in labels if label not in self.inside]
+        # Rails no documented tree names may overlap (or miss) each other: their sum is then only an estimate.
+        self.partial = self.total_rail is None and any(label not in TOP_RAILS for label in self.summed)
 
     def read(self):
         rails = {}
@@ -52,12 +86,18 @@ class _RailReader(object):
             if value is None:
                 raise PowerError("{}: rail {} is unreadable".format(self.name, label))
             rails[label] = value
-        total = rails[self.total_rail] if self.total_rail else sum(rails.values())
-        return total, rails
+        return sum(rails[label] for label in self.summed), rails
 
     def describe(self):
+        if self.total_rail:
+            why = "(the input rail)"
+        elif self.partial:
+            why = "(rails outside the documented power trees: they may overlap or miss some)"
+        else:
+            why = ""
         return {"name": self.name, "kind": self.kind, "rails": [label for label, _ in self.channels],
-                "total_rail": self.total_rail, "partial": self.partial}
+                "total_rail": self.total_rail, "partial": self.partial, "summed": list(self.summed),
+                "inside": dict(self.inside), "note": explain(self.summed, self.inside, why)}
 
 
 def _unique(label, taken):
@@ -173,8 +213,11 @@ class PiPmic(object):
         return sum(rails.values()), rails
 
     def describe(self):
-        return {"name": self.name, "kind": self.kind, "rails": sorted(parse_pmic_adc(_run(self.argv))),
-                "total_rail": None, "partial": False}
+        rails = sorted(parse_pmic_adc(_run(self.argv)))
+        return {"name": self.name, "kind": self.kind, "rails": rails, "total_rail": None, "partial": False,
+                "summed": rails, "inside": {},
+                "note": "total = the sum of the PMIC's {} rails (the draw behind the PMIC, not the USB-C input)"
+                        .format(len(rails))}
 
 
 class Rapl(object):
@@ -185,22 +228,28 @@ class Rapl(object):
     min_interval_s = 0.001
 
     def __init__(self, root="/"):
-        self.domains = []  # [(name, energy path, range in uJ)]
+        # The powercap layout: intel-rapl:N is package N (or psys, the platform), intel-rapl:N:M its sub-zones
+        # (core, uncore, dram). core and uncore are inside their package; dram is a domain of its own, outside it.
+        # psys, where there is one, is the platform's total and already includes the packages and the DRAM.
+        zones = []  # [(zone directory name, domain name, energy path, range in uJ)]
         taken = set()
         for zone in sorted(glob.glob(_join(root, "/sys/class/powercap/intel-rapl:*"))):
-            # Sub-zones (intel-rapl:0:0 core, uncore, dram) are inside their package: only top-level ones add up.
-            if os.path.basename(zone).count(":") != 1:
-                continue
             energy = os.path.join(zone, "energy_uj")
             span = _read_int(os.path.join(zone, "max_energy_range_uj"))
             if _read_int(energy) is None or not span:
                 continue  # energy_uj is root-only on kernels patched for CVE-2020-8694
-            self.domains.append((_unique(_read(os.path.join(zone, "name")) or os.path.basename(zone), taken),
-                                 energy, span))
-        psys = [d for d in self.domains if d[0] == "psys"]
-        # psys is the platform and already contains the packages; without it the packages are not the whole board.
-        if psys:
-            self.domains = psys
+            name = _unique(_read(os.path.join(zone, "name")) or os.path.basename(zone), taken)
+            zones.append((os.path.basename(zone), name, energy, span))
+        names = dict((zone[0], zone[1]) for zone in zones)
+        psys = [zone for zone in zones if zone[1] == "psys"]
+        counted = psys or [zone for zone in zones if zone[0].count(":") == 1 or zone[1].split("#")[0] == "dram"]
+        self.domains = [(name, energy, span) for _, name, energy, span in counted]
+        self.inside = {}  # {domain not counted: the counted domain that includes it}
+        for zone in zones:
+            parent = "psys" if psys else names.get(zone[0].rsplit(":", 1)[0])
+            if zone not in counted and parent:
+                self.inside[zone[1]] = parent
+        # Without psys, packages and DRAM are not the whole machine (chipset, disks, fans, the power supply).
         self.partial = not psys
         self._last = {}
         self._joules = {}
@@ -221,8 +270,11 @@ class Rapl(object):
         return sum(rails.values()), rails
 
     def describe(self):
-        return {"name": self.name, "kind": self.kind, "rails": [d[0] for d in self.domains],
-                "total_rail": "psys" if not self.partial else None, "partial": self.partial}
+        summed = [d[0] for d in self.domains]
+        why = "(the platform)" if not self.partial else "(CPU packages and DRAM only, not the whole machine)"
+        return {"name": self.name, "kind": self.kind, "rails": summed,
+                "total_rail": "psys" if not self.partial else None, "partial": self.partial,
+                "summed": summed, "inside": dict(self.inside), "note": explain(summed, self.inside, why)}
 
 
 _METER = re.compile(r"^\s*([0-9.eE+-]+)\s*(mW|W|mJ|J)?\s*$")
@@ -259,7 +311,8 @@ class Command(object):
 
     def describe(self):
         return {"name": self.name, "kind": self.kind, "rails": [], "total_rail": None, "partial": False,
-                "command": " ".join(self.argv)}
+                "command": " ".join(self.argv), "summed": [], "inside": {},
+                "note": "total = what {!r} prints".format(" ".join(self.argv))}
 
 
 def _vcgencmd():

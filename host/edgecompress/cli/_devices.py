@@ -64,7 +64,13 @@ def info(
     if not hello.get("runtimes"):
         table.add_row("runtimes", "none importable")
     sources = hello.get("power_sources") or []
-    table.add_row("power", ", ".join(s.get("name", "?") for s in sources) if sources else "none")
+    for source in sources:
+        # Which rails make the total and why (the board's power tree), as the agent reads them.
+        table.add_row(
+            f"power {source.get('name', '?')}", str(source.get("note") or ", ".join(source.get("rails") or []))
+        )
+    if not sources:
+        table.add_row("power", "none")
     zones = hello.get("thermal_zones") or {}
     table.add_row("thermal", ", ".join(f"{k} {v:.0f}°C" for k, v in zones.items()) or "none readable")
     console.print(table)

@@ -172,7 +172,8 @@ def _hello_steps(profile: DeviceProfile, hello: dict[str, Any], problems: list[s
         )
     sources = hello.get("power_sources") or []
     if sources:
-        items.append(CheckItem("power", "ok", ", ".join(str(s.get("name")) for s in sources)))
+        detail = "; ".join(f"{s.get('name')} ({s['note']})" if s.get("note") else str(s.get("name")) for s in sources)
+        items.append(CheckItem("power", "ok", detail))
     else:
         items.append(
             CheckItem(
