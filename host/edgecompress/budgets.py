@@ -239,12 +239,16 @@ def parse_budget(text: str) -> Budget:
             parameter = float(match["param"])
         except ValueError:
             raise ConfigError(f"budget {text!r}: {match['param']!r} is not a number") from None
+        if not math.isfinite(parameter):
+            raise ConfigError(f"budget {text!r}: the {metric.parameter} must be a finite number")
         if not 0 < parameter < 1:
             raise ConfigError(f"budget {text!r}: the {metric.parameter} must lie in (0, 1)")
     elif metric.parameter is not None:
         parameter = metric.default_parameter
     value = float(match["value"])
     unit = match["unit"]
+    if not math.isfinite(value):  # 1e400 parses as infinity: a limit nothing can break
+        raise ConfigError(f"budget {text!r}: the limit must be a finite number")
     if unit == "x":
         if value <= 0:
             raise ConfigError(f"budget {text!r}: a relative budget must be positive")
@@ -258,6 +262,8 @@ def parse_budget(text: str) -> Budget:
         )
     if value <= 0:
         raise ConfigError(f"budget {text!r}: the limit must be positive")
+    if not math.isfinite(value * factor):
+        raise ConfigError(f"budget {text!r}: the limit must be a finite number")
     return Budget(name, value * factor, None, text.strip(), parameter)
 
 

@@ -6,11 +6,14 @@ import re
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgecompress.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgecompress.budgets import Budget
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,6 +107,19 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
+def read_config_text(path: Path) -> str:
+    """The text of a configuration file (a profile, edgecompress.toml); a ConfigError names the file and the fix."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8, as TOML requires"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 def parse_profile(text: str, origin: str) -> DeviceProfile:
     """A profile from TOML text; ``origin`` names it in errors."""
     try:
@@ -135,7 +151,7 @@ def all_profiles(user_dir: Path | None = None) -> dict[str, DeviceProfile]:
     folder = user_dir or USER_PROFILE_DIR
     if folder.is_dir():
         for path in sorted(folder.glob("*.toml")):
-            profile = parse_profile(path.read_text(encoding="utf-8"), str(path))
+            profile = parse_profile(read_config_text(path), str(path))
             profiles[profile.name] = profile
     return profiles
 
@@ -146,7 +162,7 @@ def resolve_device(spec: str, user_dir: Path | None = None) -> DeviceProfile:
         path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"device profile {spec} does not exist")
-        return parse_profile(path.read_text(encoding="utf-8"), spec)
+        return parse_profile(read_config_text(path), spec)
     profiles = all_profiles(user_dir)
     if spec in profiles:
         return profiles[spec]
@@ -204,36 +220,34 @@ class TuneConfig(_Strict):
     max_device_failures: int = Field(default=3, ge=1)
 
 
-def budgets_from_toml(data: dict) -> list[str]:
-    """Budgets from a TOML document: ``[budgets]`` as a table (``"latency.p99" = "20ms"``) or a list of strings."""
-    raw = data.get("budgets", [])
-    if isinstance(raw, dict):
-        texts = []
-        for metric, limit in raw.items():
-            if not isinstance(limit, (str, int, float)) or isinstance(limit, bool):
-                raise ConfigError(f'[budgets] {metric}: give the limit as a string like "20ms" or "0.5x"')
-            text = str(limit).strip()
-            texts.append(f"{metric}{text}" if text.startswith("<") else f"{metric}<={text}")
-        return texts
-    if isinstance(raw, list) and all(isinstance(t, str) for t in raw):
-        return list(raw)
-    raise ConfigError('budgets must be a table of metric = "limit" or a list of strings like "latency.p99<=20ms"')
-
-
 def load_tune_config(path: Path | None, overrides: dict) -> TuneConfig:
-    """A TuneConfig from an optional TOML file (``[tune]`` and ``[budgets]``) with flag overrides on top."""
+    """A TuneConfig from an optional TOML file (``[tune]`` and ``[budgets]``) with flag overrides on top.
+
+    A ``--budget`` flag replaces the file's budget on the same metric; the file's other budgets stay.
+    """
+    # Imported here: the gate imports the device package, which imports this module.
+    from edgecompress.budgets import parse_budgets
+    from edgecompress.gate import budget_texts, merge_budgets
+
     values: dict = {}
+    configured: list[Budget] = []
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(read_config_text(path))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
         values.update(data.get("tune", {}))
-        values["budgets"] = budgets_from_toml(data) + list(values.get("budgets", []))
+        try:
+            texts = budget_texts(data["budgets"], "budgets") if "budgets" in data else []
+            configured = parse_budgets(texts + budget_texts(values.get("budgets", []), "tune.budgets"))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    flags = parse_budgets(overrides.get("budgets") or [])
+    values["budgets"] = [budget.text for budget in merge_budgets(configured, flags)]
     for key, value in overrides.items():
-        if value is None or (key == "budgets" and not value):
+        if value is None or key == "budgets":
             continue
         values[key] = value
     try:

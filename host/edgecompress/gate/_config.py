@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgecompress.analysis import RegressionPolicy, sample_statistic
 from edgecompress.analysis._regression import METHODS
 from edgecompress.budgets import METRICS, UNITS, Budget, parse_budgets
+from edgecompress.config import read_config_text
 from edgecompress.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -244,4 +245,4 @@ def load_check_config(path: str | Path | None) -> CheckConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    return parse_check_config(path.read_text(encoding="utf-8"), str(path))
+    return parse_check_config(read_config_text(path), str(path))
