@@ -274,6 +274,19 @@ def test_history_baseline_is_the_last_passing_run_of_the_same_model_device_and_r
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_result_appended_after_a_cut_line_is_kept(tmp_path):
+    path = tmp_path / "history.jsonl"
+    first, second = check(sample_ms(2.0), []), check(sample_ms(2.1), [])
+    append_result(path, first)
+    with path.open("a") as stream:
+        stream.write('{"schema": "edgecompress.check/1", "model": "trunc')  # a job killed mid-write, no newline
+    append_result(path, second)
+    history = read_history(path)
+    assert history.entries == (first, second)
+    assert len(history.problems) == 1 and "line 2" in history.problems[0]
+    assert history.line_numbers == (1, 3)
+
+
 # -- reports ---------------------------------------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 Each line is a complete check result (device, runtime versions, model hash, figures, verdicts and the raw latency
 sample), so the last passing line for a model, device and runtime is directly the next run's baseline. Lines are
 appended under an exclusive lock with a single write, so two jobs sharing a history never interleave; a line that
-does not parse (a job killed mid-write on a filesystem without atomic appends) is reported and skipped, never fatal.
+does not parse (a job killed mid-write on a filesystem without atomic appends) is reported and skipped, never fatal,
+and the next result starts on a line of its own.
 
 The model is identified by its name (default: the file name), not its hash: a nightly build produces new bytes
 every night, and those are exactly what must be compared with the previous night.
@@ -102,16 +103,23 @@ def read_history(path: str | Path, must_exist: bool = False) -> History:
 
 
 def append_result(path: str | Path, result: CheckResult) -> None:
-    """Append one result as one line, under an exclusive lock, flushed to disk before returning."""
+    """Append one result as one line, under an exclusive lock, flushed to disk before returning; after a cut last
+    line, on a line of its own."""
     path = Path(path)
     if path.parent and not path.parent.is_dir():
         raise ConfigError(f"history {path}: folder {path.parent} does not exist")
     line = (json.dumps(result.to_json(), separators=(",", ":")) + "\n").encode("utf-8")
-    with path.open("ab") as stream:
+    with path.open("a+b") as stream:
         if fcntl is not None:
             fcntl.flock(stream.fileno(), fcntl.LOCK_EX)
         try:
-            stream.write(line)
+            # A line cut by a killed job has no newline: appended to it, this result would be lost with it.
+            size = stream.seek(0, os.SEEK_END)
+            if size:
+                stream.seek(size - 1)
+                if stream.read(1) != b"\n":
+                    line = b"\n" + line
+            stream.write(line)  # "a" mode: at the end, wherever the read left the position
             stream.flush()
             os.fsync(stream.fileno())
         finally:
