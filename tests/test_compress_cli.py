@@ -96,3 +96,51 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys, plan, args, messag
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], captured.err
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+USER_CODE = """
+import sys
+
+import torch
+from torch import nn
+
+
+def model():
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), (1, 1, 4, 4)
+
+
+def exits():
+    sys.exit(0)
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 1, 4, 4, generator=g), torch.arange(8) % 3) for _ in range(2)]
+    return {"train": batches, "val": batches}
+
+
+def data_labels_from_one():
+    return {"train": data()["train"], "val": [(x, y + 1) for x, y in data()["val"]]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        ("exits", "data", "model entry point 'usercode:exits' called sys.exit(0)"),
+        ("model", "data_labels_from_one", "labels range over 1..3, but the model has 3 outputs (classes 0..2)"),
+    ],
+)
+def test_mistakes_in_user_code_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, model, data, message):
+    (tmp_path / "usercode.py").write_text(USER_CODE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    argv = ["edgecompress", "compress", "--model", f"usercode:{model}", "--data", f"usercode:{data}", "-o", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2, captured.out + captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], captured.err
+    assert not out.exists()

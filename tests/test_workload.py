@@ -169,6 +169,19 @@ def user_module(tmp_path, monkeypatch):
 
         def data_not_pairs():
             return {"train": [1, 2], "val": _batches(5)}
+
+        def data_labels_from_one():
+            # Labels 1..3 for a model with 3 outputs (classes 0..2): top-1 would quietly score label 3 as wrong.
+            return {"train": _batches(8), "val": [(x, y + 1) for x, y in _batches(5)]}
+
+        def data_wrong_shape():
+            g = torch.Generator().manual_seed(0)
+            return {"train": _batches(8), "val": [(torch.randn(5, 1, 8, 8, generator=g), torch.zeros(5).long())]}
+
+        def exits():
+            import sys
+
+            sys.exit(0)
     """)
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -194,8 +207,38 @@ def test_user_entry_points(user_module):
         ("model", "data_generator", "one-shot iterator"),
         ("model", "data_no_val", "no 'val' iterable"),
         ("model", "data_not_pairs", "must yield \\(inputs, labels\\)"),
+        (
+            "model",
+            "data_labels_from_one",
+            "'val' labels range over 1..3, but the model has 3 outputs \\(classes 0..2\\)",
+        ),
+        (
+            "model",
+            "data_wrong_shape",
+            "'val' batches hold inputs of shape \\(5, 1, 8, 8\\); the model takes \\(N, 1, 4, 4\\)",
+        ),
+        ("exits", "data", "model entry point 'usermodels:exits' called sys.exit\\(0\\)"),
+        ("model", "exits", "data entry point 'usermodels:exits' called sys.exit\\(0\\)"),
     ],
 )
 def test_bad_user_entry_points(user_module, model, data, message):
     with pytest.raises(WorkloadError, match=message):
         load_workload(model=f"{user_module}:{model}", data=f"{user_module}:{data}")
+
+
+def test_a_module_that_exits_on_import_is_named(tmp_path, monkeypatch):
+    (tmp_path / "exiting.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        WorkloadError, match="model entry point 'exiting:model': importing exiting called sys.exit\\(3\\)"
+    ):
+        load_workload(model="exiting:model", data="exiting:data")
+
+
+def test_top1_refuses_labels_outside_the_classes():
+    logits = np.eye(3)
+    assert top1(logits, np.array([0, 1, 2])) == 1.0
+    with pytest.raises(WorkloadError, match="labels range over 0..3, but the model has 3 outputs \\(classes 0..2\\)"):
+        top1(np.eye(4, 3), np.array([0, 1, 2, 3]))
+    with pytest.raises(WorkloadError, match="labels range over -1..2"):
+        top1(logits, np.array([-1, 1, 2]))

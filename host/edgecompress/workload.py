@@ -39,10 +39,26 @@ _NORMALISATION = {"digits": (0.3053, 0.3760), "fashion-mnist": (0.2860, 0.3530)}
 Batch = tuple[Tensor, Tensor]
 
 
+def label_range_problem(labels: np.ndarray, outputs: int) -> str | None:
+    """Why class labels do not fit a model with ``outputs`` outputs (a label outside 0..outputs-1), or None."""
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) == 0:
+        return None
+    low, high = int(labels.min()), int(labels.max())
+    if low >= 0 and high < outputs:
+        return None
+    return (
+        f"labels range over {low}..{high}, but the model has {outputs} outputs (classes 0..{outputs - 1}); "
+        "number the classes from 0, or give the model one output per class"
+    )
+
+
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy in [0, 1]."""
+    """Top-1 accuracy in [0, 1]; a WorkloadError for a label no output stands for (it could never score)."""
     if len(labels) == 0:
         return 0.0
+    problem = label_range_problem(labels, logits.shape[1])
+    if problem:
+        raise WorkloadError(f"top-1 accuracy: {problem}")
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
@@ -276,12 +292,18 @@ def resolve_entry_point(spec: str, what: str) -> Any:
         raise WorkloadError(
             f"{what} entry point {spec!r}: cannot import {module_name}: {type(exc).__name__}: {exc}"
         ) from exc
+    except SystemExit as exc:  # would end edgecompress with the user's exit code, and nothing done
+        raise WorkloadError(f"{what} entry point {spec!r}: importing {module_name} called {_exit_call(exc)}") from exc
     for part in attr.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
             raise WorkloadError(f"{what} entry point {spec!r}: {module_name} has no attribute {attr!r}") from None
     return target
+
+
+def _exit_call(exc: SystemExit) -> str:
+    return "sys.exit()" if exc.code is None else f"sys.exit({exc.code!r})"
 
 
 def _call(target: Any, spec: str, what: str) -> Any:
@@ -291,6 +313,10 @@ def _call(target: Any, spec: str, what: str) -> Any:
         return target()
     except Exception as exc:
         raise WorkloadError(f"{what} entry point {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    except SystemExit as exc:  # would end edgecompress with the user's exit code, and nothing done
+        raise WorkloadError(
+            f"{what} entry point {spec!r} called {_exit_call(exc)}; it must return its result (or raise an error)"
+        ) from exc
 
 
 def _field(source: Any, name: str) -> Any:
@@ -299,7 +325,8 @@ def _field(source: Any, name: str) -> Any:
     return getattr(source, name, None)
 
 
-def _check_iterable(value: Any, name: str, spec: str) -> Iterable[Batch]:
+def _check_iterable(value: Any, name: str, spec: str) -> tuple[Iterable[Batch], Batch]:
+    """The iterable and its first batch, or a WorkloadError saying what is wrong with it."""
     if value is None:
         raise WorkloadError(f"data entry point {spec!r} gave no {name!r} iterable")
     if isinstance(value, Iterator):
@@ -317,7 +344,21 @@ def _check_iterable(value: Any, name: str, spec: str) -> Iterable[Batch]:
         raise WorkloadError(
             f"data entry point {spec!r}: {name!r} must yield (inputs, labels) tensor pairs, got {type(first).__name__}"
         )
-    return value
+    return value, (first[0], first[1])
+
+
+def _check_batch(first: Batch, name: str, spec: str, input_shape: tuple[int, ...], classes: int | None) -> None:
+    """A WorkloadError when a first batch does not fit the model: its inputs' shape, or (top-1 accuracy) its labels."""
+    inputs, labels = first
+    if tuple(inputs.shape[1:]) != tuple(input_shape[1:]):
+        takes = ", ".join(["N", *(str(d) for d in input_shape[1:])])
+        raise WorkloadError(
+            f"data entry point {spec!r}: {name!r} batches hold inputs of shape {tuple(inputs.shape)}; the model "
+            f"takes ({takes}) (its input shape {input_shape}); make the data and the model's input shape agree"
+        )
+    problem = label_range_problem(np.asarray(labels), classes) if classes and isinstance(labels, Tensor) else None
+    if problem:
+        raise WorkloadError(f"data entry point {spec!r}: {name!r} {problem}")
 
 
 def _default_ignore(model: nn.Module) -> tuple[str, ...]:
@@ -373,27 +414,34 @@ def _user(model_spec: str, data_spec: str, val_limit: int | None) -> Workload:
     data = _call(resolve_entry_point(data_spec, "data"), data_spec, "data")
     if isinstance(data, (tuple, list)):
         data = dict(zip(("train", "val", "calib", "metric"), data, strict=False))
-    train = _check_iterable(_field(data, "train"), "train", data_spec)
-    val = _check_iterable(_field(data, "val"), "val", data_spec)
+    train, first_train = _check_iterable(_field(data, "train"), "train", data_spec)
+    val, first_val = _check_iterable(_field(data, "val"), "val", data_spec)
+    firsts = {"train": first_train, "val": first_val}
     calib_value = _field(data, "calib")
-    calib = _check_iterable(calib_value, "calib", data_spec) if calib_value is not None else _FirstBatches(train, 512)
+    if calib_value is not None:
+        calib, firsts["calib"] = _check_iterable(calib_value, "calib", data_spec)
+    else:
+        calib = _FirstBatches(train, 512)
     metric = _field(data, "metric") or top1
     if not callable(metric):
         raise WorkloadError(f"data entry point {data_spec!r}: metric is not callable")
     if input_shape is None:
-        first_inputs = next(iter(val))[0]
-        input_shape = (1, *first_inputs.shape[1:])
+        input_shape = (1, *first_val[0].shape[1:])
     ignore = _field(data, "ignore")
     ignore = tuple(ignore) if ignore is not None else _default_ignore(model)
     if val_limit is not None:
         val = _LimitedBatches(val, val_limit)
     try:
         with torch.no_grad():
-            model(torch.zeros(input_shape))
+            output = model(torch.zeros(input_shape))
     except Exception as exc:
         raise WorkloadError(
             f"model from {model_spec!r} fails on an input of shape {input_shape}: {type(exc).__name__}: {exc}"
         ) from exc
+    # Labels are class numbers only for top-1 accuracy; a metric of the user's own may read them otherwise.
+    classes = output.shape[1] if metric is top1 and isinstance(output, Tensor) and output.ndim == 2 else None
+    for name, first in firsts.items():
+        _check_batch(first, name, data_spec, input_shape, classes)
     return Workload(
         name=model_spec,
         build_model=lambda: copy.deepcopy(model),
