@@ -24,7 +24,13 @@ from edgecompress.analysis import pwcet
 from edgecompress.cli import app
 from edgecompress.errors import ConfigError
 from edgecompress.report import _plots as plots
-from edgecompress.report import load_results, tune_report_html, write_tune_report_or_warn
+from edgecompress.report import (
+    check_report_target,
+    load_results,
+    tune_report_html,
+    write_html,
+    write_tune_report_or_warn,
+)
 from edgecompress.report._html import _energy_section
 
 needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (.ci/run installs it)")
@@ -215,6 +221,19 @@ def test_a_report_that_cannot_be_written_is_a_warning(tmp_path):
     assert write_tune_report_or_warn(tmp_path, warn=warnings.append) is None
     assert len(warnings) == 1 and "edgecompress report" in warnings[0]
     assert not (tmp_path / "report.html").exists()
+
+
+def test_a_report_path_that_is_a_folder_is_refused_with_the_fix(tmp_path):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for attempt in (lambda: check_report_target(folder), lambda: write_html("<html></html>", folder)):
+        with pytest.raises(ConfigError, match=f"cannot write {folder}: it is a folder; give a file name such as"):
+            attempt()
+    with pytest.raises(ConfigError, match="folder .*nowhere does not exist"):
+        check_report_target(tmp_path / "nowhere" / "page.html")
+    assert check_report_target(folder / "page.html") == folder / "page.html"
+    assert check_report_target("-") == Path("-")
+    assert list(folder.iterdir()) == []
 
 
 @needs_chromium

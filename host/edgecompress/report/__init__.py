@@ -1,7 +1,7 @@
 """Reports of edgecompress results: JUnit XML and Markdown for CI, JSON for machines and later baselines, HTML
 for people (a tune run's report.html; one model's page for bench and check)."""
 
-from edgecompress.report._files import write_text
+from edgecompress.report._files import check_report_target, write_text
 from edgecompress.report._html import (
     REPORT_FILE,
     bench_report_html,
@@ -22,6 +22,7 @@ __all__ = [
     "REPORT_FILE",
     "bench_report_html",
     "check_report_html",
+    "check_report_target",
     "group_channels",
     "library_versions",
     "load_results",
