@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +19,9 @@ from typer.testing import CliRunner
 from edgecompress.cli import app
 from edgecompress.cli._device_options import PROGRESS_MIN_BYTES, upload_progress
 from edgecompress.config import resolve_device
+from edgecompress.device import open_session
 from edgecompress.device._check import check_device
+from edgecompress.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +121,37 @@ def test_upload_progress_only_for_large_models_on_a_terminal() -> None:
         callback(PROGRESS_MIN_BYTES, 2 * PROGRESS_MIN_BYTES)
         callback(2 * PROGRESS_MIN_BYTES, 2 * PROGRESS_MIN_BYTES)
     assert "sending m.onnx" in out.getvalue()
+
+
+def test_a_host_alias_from_the_ssh_config_is_a_device(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host lab-pi\n    HostName {sshd.address}\n    Port {sshd.port}\n    User {getpass.getuser()}\n"
+        f"    IdentityFile {sshd.client_key}\n    IdentitiesOnly yes\n"
+    )
+    # From the command line, with no profile of that name: the alias is reached, and its host key is not yet known.
+    env = dict(os.environ, HOME=str(home), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    run = subprocess.run(
+        [sys.executable, "-m", "edgecompress", "devices", "info", "lab-pi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 3, run.stderr
+    assert (
+        f"lab-pi ({getpass.getuser()}@{sshd.address}:{sshd.port})" in run.stderr and "--accept-new-host" in run.stderr
+    )
+    # Trusted, the alias opens a session: HostName, Port, User and IdentityFile all come from ~/.ssh/config.
+    (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts_line())
+    monkeypatch.setenv("HOME", str(home))
+    profile = resolve_device("lab-pi", user_dir=tmp_path / "no-profiles")
+    assert (profile.name, profile.transport, profile.ssh.host) == ("lab-pi", "ssh", "lab-pi")
+    local = profile.model_copy(update={"python": sys.executable, "cache_dir": str(tmp_path / "device-cache")})
+    with open_session(local) as session:
+        assert session.info["python"]["executable"] == sys.executable
+    with pytest.raises(ConfigError, match="unknown device .lab-pj.*Host aliases in ~/.ssh/config: lab-pi"):
+        resolve_device("lab-pj", user_dir=tmp_path / "no-profiles")

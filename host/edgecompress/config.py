@@ -157,7 +157,7 @@ def all_profiles(user_dir: Path | None = None) -> dict[str, DeviceProfile]:
 
 
 def resolve_device(spec: str, user_dir: Path | None = None) -> DeviceProfile:
-    """A profile from a name, a TOML file path, or an ad-hoc ``user@host[:port]``."""
+    """A profile from a name, a TOML file path, an ad-hoc ``user@host[:port]``, or a Host alias of ~/.ssh/config."""
     if spec.endswith(".toml"):
         path = Path(spec)
         if not path.is_file():
@@ -171,8 +171,19 @@ def resolve_device(spec: str, user_dir: Path | None = None) -> DeviceProfile:
         port = int(match["port"]) if match["port"] else None
         ssh = SshSettings(host=match["host"].strip("[]"), user=match["user"], port=port)
         return DeviceProfile(name=spec, description="ad-hoc SSH device", transport="ssh", ssh=ssh)
+    # Imported here: the SSH module imports this one, and paramiko is only loaded for a name that is no profile.
+    from edgecompress.device._ssh import DEFAULT_CONFIG, ssh_config_hosts
+
+    aliases = ssh_config_hosts()
+    if spec in aliases:
+        # HostName, User, Port, IdentityFile, ProxyJump... come from the ssh config when the transport connects.
+        ssh = SshSettings(host=spec)
+        return DeviceProfile(name=spec, description=f"Host {spec} of {DEFAULT_CONFIG}", transport="ssh", ssh=ssh)
     known = ", ".join(sorted(profiles))
-    raise ConfigError(f"unknown device {spec!r}; known profiles: {known} (or give user@host[:port] or a .toml file)")
+    hosts = f"; Host aliases in {DEFAULT_CONFIG}: {', '.join(aliases)}" if aliases else ""
+    raise ConfigError(
+        f"unknown device {spec!r}; known profiles: {known}{hosts} (or give user@host[:port] or a .toml file)"
+    )
 
 
 class TuneConfig(_Strict):

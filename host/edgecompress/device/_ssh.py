@@ -84,6 +84,12 @@ def _ssh_config(path: str) -> paramiko.SSHConfig:
         raise ConfigError(f"cannot read the SSH config {expanded}: {exc}") from exc
 
 
+def ssh_config_hosts(path: str = DEFAULT_CONFIG) -> list[str]:
+    """The Host aliases an ssh config names literally (patterns such as ``*`` or ``pi-*`` left out), sorted."""
+    names = _ssh_config(path).get_hostnames()
+    return sorted(name for name in names if not any(c in name for c in "*?!"))
+
+
 def _lookup(config: paramiko.SSHConfig, settings: SshSettings) -> dict[str, Any]:
     """The ssh config entry for a host, with the profile's user and port taking precedence as command-line options do
     in OpenSSH, so that tokens such as %p in ProxyCommand expand to the profile's values."""
