@@ -187,7 +187,13 @@ class Session:
                 if attempt > self.retries:
                     raise ConnectionLost(f"{exc} (gave up after {self.retries} retries)") from exc
                 self.reconnects += 1
-                self.on_event(f"link to {self.transport.name} lost, retry {attempt}/{self.retries}: {exc}")
+                # A device never reached has no link to lose: say so, not "lost".
+                what = (
+                    f"link to {self.transport.name} lost"
+                    if self.info
+                    else f"connecting to {self.transport.name} failed"
+                )
+                self.on_event(f"{what}, retry {attempt}/{self.retries}: {exc}")
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
 
     def request(

@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import getpass
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -29,6 +30,32 @@ from edgecompress.errors import ConfigError, ConnectionLost, DeviceError
 DEFAULT_CONFIG = "~/.ssh/config"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
+# paramiko's failures of a handshake: the port answered with no SSH banner, garbage, or nothing in time.
+_NO_SSH = ("Error reading SSH protocol banner", "Indecipherable protocol version", "No existing session")
+
+log = logging.getLogger("edgecompress.device.ssh")
+
+
+class _PassToOurLog(logging.Handler):
+    """Re-logs paramiko's records under edgecompress.device.ssh at INFO at most.
+
+    paramiko logs a failed handshake's traceback and "Socket exception" lines from its transport thread at ERROR;
+    with no handler configured, logging's last resort prints them on the console, next to the one line the
+    transport's own error already gives. At INFO they go where the run's log goes (tune.log) and nowhere else.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.log(min(record.levelno, logging.INFO), "%s: %s", record.name, record.getMessage())
+
+
+def _route_paramiko_logs() -> None:
+    paramiko_log = logging.getLogger("paramiko")
+    if not any(isinstance(handler, _PassToOurLog) for handler in paramiko_log.handlers):
+        paramiko_log.addHandler(_PassToOurLog())
+    paramiko_log.propagate = False
+
+
+_route_paramiko_logs()
 
 
 class HostKeyError(DeviceError):
@@ -378,7 +405,7 @@ def _connect_client(client: paramiko.SSHClient, target: SshTarget, sock: Any) ->
     except paramiko.SSHException as exc:
         if "No authentication methods" not in str(exc):
             client.close()
-            raise _unreachable(where, exc) from exc
+            raise _unreachable(where, exc, target.connect_timeout_s) from exc
         client.close()
         agent = "ssh-agent holds no key" if os.environ.get("SSH_AUTH_SOCK") else "no ssh-agent (SSH_AUTH_SOCK unset)"
         raise DeviceError(
@@ -390,14 +417,18 @@ def _connect_client(client: paramiko.SSHClient, target: SshTarget, sock: Any) ->
         raise DeviceError(f"cannot resolve {target.hostname} (device {where}): {exc.strerror}") from exc
     except (OSError, EOFError) as exc:
         client.close()
-        raise _unreachable(where, exc) from exc
+        raise _unreachable(where, exc, target.connect_timeout_s) from exc
 
 
-def _unreachable(where: str, exc: BaseException) -> ConnectionLost:
+def _unreachable(where: str, exc: BaseException, timeout_s: float) -> ConnectionLost:
     """A network-level failure: worth retrying, since a rebooting device or a Wi-Fi hiccup comes back."""
     reason = "timed out" if isinstance(exc, TimeoutError | socket.timeout) else str(exc) or type(exc).__name__
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
         reason = "connection refused"
+    elif isinstance(exc, paramiko.SSHException) and str(exc).startswith(_NO_SSH):
+        reason = (
+            f"no SSH handshake within {timeout_s:g} s (the port does not speak SSH, or the SSH server there is stuck)"
+        )
     return ConnectionLost(f"cannot reach {where}: {reason}")
 
 

@@ -46,7 +46,17 @@ class StderrTail:
         self._thread.start()
 
     def _drain(self, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
+        while True:
+            try:
+                raw = stream.readline()
+            except TimeoutError:
+                # An SSH channel's read begun under the probe's timeout still times out once after it was lifted.
+                continue
+            except (OSError, EOFError, ValueError):
+                # The link or the pipe closed under the read: the request that notices says why, with these lines.
+                return
+            if not raw:
+                return
             self._lines.append(raw.decode("utf-8", "replace").rstrip())
 
     def text(self) -> str:
