@@ -79,3 +79,24 @@ def test_measure_request_takes_profile_defaults_and_overrides():
     profile = resolve_device("local")
     spec = measure_request(profile, runs=7, threads=None)
     assert spec.runs == 7 and spec.min_seconds == profile.measure.min_seconds and spec.threads is None
+
+
+def test_measure_deadline_is_its_expected_duration_plus_allowances():
+    """The host gives up on a measure's answer after what the request allows, not after a fixed 10 minutes."""
+    from dataclasses import replace
+
+    from edgecompress.device._session import LOAD_ALLOWANCE_S, STALL_MARGIN_S, TENSORRT_LOAD_ALLOWANCE_S
+
+    quiet = {"repeat_if_throttled": False, "idle_seconds": 0.5, "max_wait_s": 180.0}
+    base = MeasureRequest(warmup_seconds=0.5, max_seconds=2.0, extra=quiet)
+    window = 0.5 + 0.5 + 2.0
+    assert base.timeout_s() == pytest.approx(window + LOAD_ALLOWANCE_S + STALL_MARGIN_S)
+    assert replace(base, max_seconds=62.0).timeout_s() == pytest.approx(base.timeout_s() + 60)
+    # Only the waits the request allows count: a cool-down before it, a throttled window measured again.
+    assert replace(base, extra={**quiet, "start_temp_c": 60.0}).timeout_s() == pytest.approx(base.timeout_s() + 180)
+    again = replace(base, extra={**quiet, "repeat_if_throttled": True})
+    assert again.timeout_s() == pytest.approx(base.timeout_s() + 180 + window)
+    trt = replace(base, providers=("TensorrtExecutionProvider", "CPUExecutionProvider"))
+    assert trt.timeout_s() == pytest.approx(base.timeout_s() + TENSORRT_LOAD_ALLOWANCE_S - LOAD_ALLOWANCE_S)
+    # The local profile's default measure (30 s windows, one repeat after up to 120 s): well under 604 s.
+    assert measure_request(resolve_device("local")).timeout_s() < 250

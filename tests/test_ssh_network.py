@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sshd import SshServer, dense_onnx, serve_for_tests, write_profile
+from sshd import SshServer, cpu_ticks, dense_onnx, serve_for_tests, wait_until, write_profile
 from tcpproxy import TcpProxy
 
 from edgecompress.config import resolve_device
@@ -89,6 +90,41 @@ def test_silently_dead_link_is_abandoned_by_the_watchdog(sshd: SshServer, wifi: 
     assert status["cached"] is False
     assert session.reconnects == 1 and wifi.connections == 2
     assert elapsed < 15
+
+
+def test_link_stalled_mid_measure_is_noticed_from_the_measure_duration(
+    sshd: SshServer, wifi: TcpProxy, tmp_path: Path
+) -> None:
+    """A 2 s measure whose answer never comes is given up after its expected duration plus a margin (it used to be
+    10 minutes whatever the request), then re-opened and measured again."""
+    profile = _profile_via(sshd, wifi, tmp_path)
+    wifi.rate_bytes_s, wifi.delay_s = None, 0.0
+    with open_session(profile) as session:
+        session.backoff_s = 0.05
+        sha = session.put_model(dense_onnx(tmp_path / "m.onnx").read_bytes())
+        spec = measure_request(profile, runs=1, min_seconds=2.0, max_seconds=2.0, extra={"repeat_if_throttled": False})
+        pid = session.info["pid"]
+        baseline = cpu_ticks(pid)
+        box: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                box["result"] = session.measure(sha, spec)
+            except Exception as exc:  # handed to the test thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        # The agent burns CPU only while it measures: then the link goes quiet, as a Wi-Fi that stops passing packets.
+        wait_until(lambda: "error" in box or cpu_ticks(pid) - baseline >= 30, what=f"agent {pid} to start measuring")
+        wifi.freeze()
+        t0 = time.perf_counter()
+        thread.join(timeout=60)
+        elapsed = time.perf_counter() - t0
+        assert not thread.is_alive(), f"the stalled measure was not noticed within {elapsed:.0f} s"
+        assert "error" not in box, box.get("error")
+        assert session.reconnects == 1 and wifi.connections == 2
+    assert spec.timeout_s() < 40 and elapsed < spec.timeout_s() + 15
 
 
 def test_proxy_command_from_ssh_config(sshd: SshServer, tmp_path: Path) -> None:

@@ -19,6 +19,18 @@ from edgecompress_agent.protocol import ProtocolError, read_frame, write_frame
 CHUNK_BYTES = 1024 * 1024
 T = TypeVar("T")
 
+# A measure's answer is due after its timed windows (warm-up, then at most max_seconds each) and the waits the
+# request allows (idle power reading, cool-down); past that plus these allowances the link is called stalled,
+# broken and re-opened. The agent sends nothing while it measures, so the deadline is all the host has.
+# Loading the model, the first inference and the warm-up runs on a CPU: seconds for a large model on a Pi.
+LOAD_ALLOWANCE_S = 20.0
+# TensorRT builds an engine each time the agent creates a session for the model: tens of seconds per candidate on
+# a Nano (docs/devices.md), minutes for a large network.
+TENSORRT_LOAD_ALLOWANCE_S = 300.0
+# The last inference running past max_seconds, the answer's transfer (up to ~6 MB of latencies and power trace)
+# and scheduling jitter on a loaded device.
+STALL_MARGIN_S = 10.0
+
 
 @dataclass(frozen=True)
 class MeasureRequest:
@@ -57,11 +69,17 @@ class MeasureRequest:
         return fields
 
     def timeout_s(self) -> float:
-        """How long a measure may take before the host calls the device hung."""
-        # A throttled window is measured again after a cool-down, and both waits are bounded by max_wait_s.
-        attempts = 2 if self.extra.get("repeat_if_throttled", True) else 1
-        waits = 2 * float(self.extra.get("max_wait_s") or 0) + float(self.extra.get("idle_seconds", 0.5))
-        return 120.0 + attempts * (2 * (self.max_seconds + self.warmup_seconds) + 0.01 * self.runs) + waits
+        """How long the answer to this measure may take before the host calls the link stalled."""
+        # One window: the idle power reading, the warm-up, the timed runs (the agent stops at max_seconds).
+        window = float(self.extra.get("idle_seconds", 0.5)) + self.warmup_seconds + self.max_seconds
+        max_wait_s = float(self.extra.get("max_wait_s", 120.0) or 0.0)
+        # The agent waits (bounded by max_wait_s) to cool below start_temp_c only when one is set.
+        total = window + (max_wait_s if self.extra.get("start_temp_c") is not None else 0.0)
+        if self.extra.get("repeat_if_throttled", True):
+            # A throttled window is measured once more after a cool-down until throttling stops.
+            total += max_wait_s + window
+        load = TENSORRT_LOAD_ALLOWANCE_S if "TensorrtExecutionProvider" in self.providers else LOAD_ALLOWANCE_S
+        return total + load + STALL_MARGIN_S
 
 
 @dataclass(frozen=True)
