@@ -283,3 +283,14 @@ def format_value(value: float | None, unit: str) -> str:
     if unit == "bytes":
         return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
     return f"{value:.3f} {unit}" if unit != "count" else f"{value:g}"
+
+
+def metric_of(key: str) -> Metric | None:
+    """The metric a value's key names (``latency.pwcet@1e-06`` -> latency.pwcet), or None for an unknown key."""
+    return METRICS.get(key.split("@", 1)[0])
+
+
+def unit_of(key: str) -> str:
+    """The canonical unit of a value's key ("" for an unknown key)."""
+    metric = metric_of(key)
+    return metric.unit if metric else ""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecompress.budgets import METRICS, format_value
+from edgecompress.budgets import format_value, unit_of
 from edgecompress.errors import ConfigError
 from edgecompress.gate import SCHEMA, Baseline, CheckResult
 
@@ -171,7 +171,7 @@ def trend(entries: Iterable[CheckResult], metrics: Sequence[str]) -> list[TrendR
 
 
 def format_metric(metric: str, value: float | None) -> str:
-    unit = METRICS[metric.split("@", 1)[0]].unit if metric.split("@", 1)[0] in METRICS else ""
+    unit = unit_of(metric)
     return format_value(value, unit) if unit else ("n/a" if value is None else f"{value:g}")
 
 
@@ -194,7 +194,7 @@ def plot_trend(rows: Sequence[TrendRow], metrics: Sequence[str], path: str | Pat
             failed = [i for i, r in enumerate(rows) if not r.passed]
             if failed:
                 axis.scatter(failed, [values[i] for i in failed], marker="x", s=80, color="red", zorder=3)
-        units = {METRICS[m.split("@", 1)[0]].unit for m in metrics if m.split("@", 1)[0] in METRICS}
+        units = {unit_of(m) for m in metrics} - {""}
         axis.set_ylabel(", ".join(sorted(units)) or "value")
         axis.set_xticks(x, [r.started_utc[:10] for r in rows], rotation=45, ha="right", fontsize=8)
         axis.set_title(title + "  (x = failed check)")

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgecompress.artifact import load_artifact
-from edgecompress.budgets import METRICS, parse_budgets
+from edgecompress.budgets import METRICS, metric_of, parse_budgets
 from edgecompress.cli._app import app, console, err_console
 from edgecompress.config import resolve_device
 from edgecompress.device import measure_request
@@ -23,11 +23,11 @@ from edgecompress.history import append_result, format_metric, plot_trend, read_
 from edgecompress.report import (
     check_report_html,
     write_html,
-    write_json,
     write_junit,
     write_junit_error,
     write_markdown,
     write_markdown_error,
+    write_result_json,
 )
 
 CHECK_EXIT_CODES = (
@@ -163,7 +163,7 @@ def check(
     if junit:
         write_junit(result, junit)
     if json_path:
-        write_json(result, json_path)
+        write_result_json(result, json_path)
     if markdown:
         write_markdown(result, markdown)
     if html:
@@ -212,7 +212,7 @@ def history_command(
     """Show the trend of a model on a device from the check history; optionally plot it."""
     metric = metric or ["latency.p50", "latency.p99"]
     for name in metric:
-        if name.split("@", 1)[0] not in METRICS:
+        if metric_of(name) is None:
             raise ConfigError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
     past = read_history(path, must_exist=True)
     for problem in past.problems:

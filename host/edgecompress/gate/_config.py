@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgecompress.analysis import RegressionPolicy, sample_statistic
 from edgecompress.analysis._regression import METHODS
-from edgecompress.budgets import METRICS, UNITS, Budget, parse_budgets
+from edgecompress.budgets import METRICS, UNITS, Budget, metric_of, parse_budgets
 from edgecompress.config import read_config_text
 from edgecompress.errors import ConfigError
 
@@ -83,8 +83,8 @@ def budget_texts(value: object, origin: str = "budgets") -> list[str]:
                 text = limit.strip()
                 texts.append(f"{key}{text}" if text.startswith("<") else f"{key}<={text}")
             else:  # a bare number is in the metric's canonical unit
-                metric = key.split("@", 1)[0]
-                unit = _unit_spelling(metric) if metric in METRICS else ""
+                metric = metric_of(key)
+                unit = _unit_spelling(metric.name) if metric else ""
                 texts.append(f"{key}<={limit}{unit}")
         return texts
     raise ConfigError(f"{origin}: budgets must be a list of strings or a table, not {type(value).__name__}")

@@ -14,7 +14,7 @@ from edgecompress.report._html import (
     write_tune_report,
     write_tune_report_or_warn,
 )
-from edgecompress.report._json import result_json, write_json
+from edgecompress.report._json import result_json, write_result_json
 from edgecompress.report._junit import junit_error_xml, junit_xml, write_junit, write_junit_error
 from edgecompress.report._markdown import markdown_summary, write_markdown, write_markdown_error
 
@@ -34,7 +34,7 @@ __all__ = [
     "junit_xml",
     "markdown_summary",
     "result_json",
-    "write_json",
+    "write_result_json",
     "write_junit",
     "write_junit_error",
     "write_markdown",

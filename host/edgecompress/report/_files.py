@@ -1,4 +1,5 @@
-"""Writing report files: atomically (a crash never leaves half a report for CI to parse), ``-`` for stdout."""
+"""Writing files atomically (a crash never leaves half a report for CI to parse, or half a run state); ``-`` for
+stdout."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())  # on disk before the rename: a power cut leaves the old file or the new one
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecompress.analysis import TailEstimate, pwcet
-from edgecompress.budgets import METRICS, format_value
+from edgecompress.budgets import format_value, unit_of
 from edgecompress.errors import ConfigError
 from edgecompress.report import _plots as plots
 from edgecompress.report._files import write_text
@@ -76,11 +76,6 @@ def group_channels(space: SearchSpace, plan: CompressionPlan) -> list[dict[str, 
     ]
 
 
-def _unit(key: str) -> str:
-    metric = METRICS.get(key.split("@", 1)[0])
-    return metric.unit if metric else ""
-
-
 def _sample(observation: Mapping[str, Any] | None) -> list[int]:
     """The raw latencies (ns) of an observation, extra measurements pooled as the search pooled them."""
     if not observation:
@@ -120,7 +115,7 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
 def _budget_keys(results: Mapping[str, Any]) -> list[tuple[str, str, float]]:
     """(key, unit, target) of each budget, in the order given."""
     targets = (results.get("base") or {}).get("targets") or {}
-    return [(key, _unit(key), float(target)) for key, target in targets.items()]
+    return [(key, unit_of(key), float(target)) for key, target in targets.items()]
 
 
 def _verdict(results: Mapping[str, Any]) -> tuple[str, str]:

@@ -13,5 +13,5 @@ def result_json(result: CheckResult) -> str:
     return json.dumps(result.to_json(), indent=1) + "\n"
 
 
-def write_json(result: CheckResult, path: str | Path) -> Path:
+def write_result_json(result: CheckResult, path: str | Path) -> Path:
     return write_text(path, result_json(result))
