@@ -1,20 +1,16 @@
 """From a device measurement to an observation: every metric value a budget can constrain, plus the raw data.
 
-With thresholds, ``observe`` is confident about feasibility: while a budget's 95% confidence interval straddles its
-threshold, it asks the device for another measurement (a bounded number of times) and pools them, recording how
-often that happened and what it cost.
+With thresholds, ``observe`` measures again while the verdict says a budget is still undecided (its 95% confidence
+interval straddles the threshold), a bounded number of times, pools the measurements, and records how often that
+happened and what it cost. It decides nothing itself: ``edgecompress.verdict`` does.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
-from scipy import stats as scistats
 
 from edgecompress.analysis import (
     EnergyStats,
@@ -28,6 +24,7 @@ from edgecompress.analysis import (
 )
 from edgecompress.budgets import METRICS, Budget, Evidence
 from edgecompress.device import Measurement, MeasureRequest, Session
+from edgecompress.verdict import straddling
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,7 @@ def evaluate_metrics(evidence: Evidence, budgets: Iterable[Budget] = ()) -> dict
     return values
 
 
-def _evidence(size_bytes: int, parts: Sequence[Measurement]) -> Evidence:
+def pooled_evidence(size_bytes: int, parts: Sequence[Measurement]) -> Evidence:
     """The evidence of one or more measurements of one model, pooled (latencies in order, energy summed)."""
     first = parts[0]
     if len(parts) == 1:
@@ -89,33 +86,6 @@ def _evidence(size_bytes: int, parts: Sequence[Measurement]) -> Evidence:
         measurement=first,
         extra={"_latency": stats, "_tail": pwcet(latencies), "_energy": energy, "_latencies": latencies},
     )
-
-
-def _interval(evidence: Evidence, budget: Budget, level: float) -> tuple[float, float] | None:
-    """A ``level`` confidence interval of a budget's value, where one can be given."""
-    metric = budget.metric
-    if metric.startswith("latency.") and metric != "latency.pwcet":
-        x = np.sort(np.asarray(evidence.extra["_latencies"], dtype=np.float64)) / 1e6
-        n = x.size
-        z = float(scistats.norm.ppf(0.5 + level / 2))
-        statistic = metric.split(".", 1)[1]
-        if statistic == "mean" and n > 1:
-            half = z * float(x.std(ddof=1)) / math.sqrt(n)
-            return float(x.mean()) - half, float(x.mean()) + half
-        if statistic.startswith("p"):
-            # Distribution-free: the ranks between which the q-quantile lies with the given confidence.
-            q = float(statistic[1:]) / (10 ** len(statistic[1:]))
-            spread = z * math.sqrt(n * q * (1 - q))
-            low, high = int(math.floor(n * q - spread)), int(math.ceil(n * q + spread))
-            return float(x[max(low, 0)]), float(x[min(high, n - 1)])
-        return None
-    if metric == "latency.pwcet":
-        tail = evidence.tail
-        return None if tail is None else tail.interval_ms(budget.parameter or 1e-9, level)
-    if budget.spec.requires == "power":
-        energy = evidence.energy
-        return None if energy is None else energy.interval(metric, level)
-    return None
 
 
 def _flags(evidence: Evidence, parts: Sequence[Measurement]) -> tuple[str, ...]:
@@ -183,14 +153,9 @@ def observe(
     straddled: list[str] = []
     extra_seconds = 0.0
     while True:
-        evidence = _evidence(size_bytes, parts)
-        now = []
-        for budget in budgets if thresholds else ():
-            assert thresholds is not None
-            threshold = thresholds.get(budget.key, thresholds.get(budget.metric))
-            interval = _interval(evidence, budget, level) if threshold is not None else None
-            if threshold is not None and interval is not None and interval[0] < threshold < interval[1]:
-                now.append(budget.key)
+        evidence = pooled_evidence(size_bytes, parts)
+        # Whether another window is worth its device time is the verdict's call; this loop only measures.
+        now = straddling(evidence, budgets, thresholds, level)
         if not now or len(parts) > max_extra:
             break
         straddled.extend(k for k in now if k not in straddled)

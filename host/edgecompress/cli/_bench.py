@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -14,8 +16,9 @@ from edgecompress.artifact import load_artifact
 from edgecompress.cli._app import app, console, err_console
 from edgecompress.cli._device_options import accept_new_host_option, upload_progress
 from edgecompress.config import resolve_device
-from edgecompress.device import check_runtime, measure_request, open_session
-from edgecompress.observe import observe
+from edgecompress.device import measure_request
+from edgecompress.gate import measure_model
+from edgecompress.observe import Observation
 
 
 @app.command()
@@ -34,6 +37,10 @@ def bench(
     """Measure a model on a device: latency distribution, first inference, load time."""
     profile = resolve_device(device)
     artifact = load_artifact(model)
+    if html is not None:
+        from edgecompress.report import check_report_target
+
+        check_report_target(html)  # a page that cannot be written fails now, not after the device time
     spec = measure_request(
         profile,
         runs=runs,
@@ -43,19 +50,16 @@ def bench(
         warmup_runs=warmup_runs,
         runtime=artifact.runtime,
     )
-    session = open_session(
-        profile, on_event=lambda m: err_console.print(f"[yellow]{m}[/]"), accept_new_host=accept_new_host
+    run = measure_model(
+        profile,
+        artifact,
+        spec,
+        [],
+        on_event=lambda m: err_console.print(f"[yellow]{m}[/]"),
+        upload=lambda size: upload_progress(err_console, size, f"sending {model.name} to {profile.name}"),
+        accept_new_host=accept_new_host,
     )
-    try:
-        # A runtime, provider or opset the device cannot serve is a ConfigError before the upload.
-        check_runtime(profile, session.hello(), runtime=artifact.runtime, model=artifact.data)
-        with upload_progress(err_console, len(artifact.data), f"sending {model.name} to {profile.name}") as progress:
-            sha = session.put_model(artifact.data, progress=progress)
-        observation = observe(session, sha, len(artifact.data), spec)
-        hello = session.hello()
-    finally:
-        session.close()
-    measurement, stats = observation.measurement, observation.latency
+    observation, hello = run.observation, run.hello
     if html is not None:
         from edgecompress.report import bench_report_html, write_html
 
@@ -71,28 +75,34 @@ def bench(
         err_console.print(f"HTML page written to {write_html(page, html)}", highlight=False)
         if str(html) == "-":
             return  # stdout holds the page; a table after it would break it
-    tail, energy = observation.tail, observation.energy
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "model": str(model),
-                    "sha256": sha,
-                    "device": profile.name,
-                    "runtime": spec.runtime,
-                    "board": hello.get("board"),
-                    "latency": stats.to_json(),
-                    "providers": measurement.raw.get("providers"),
-                    "tail": tail.to_json() if tail else None,
-                    "energy": energy.to_json() if energy else None,
-                    "flags": list(observation.flags),
-                    "thermal": observation.details.get("thermal"),
-                },
-                indent=2,
-            )
-        )
-        return
-    table = Table(title=f"{model.name} on {profile.name} ({hello.get('board')}), {spec.runtime}", title_justify="left")
+        print(json.dumps(_bench_json(str(model), profile.name, spec.runtime, observation, hello), indent=2))
+    else:
+        _print_bench(model.name, profile.name, spec.runtime, observation, hello)
+
+
+def _bench_json(
+    model: str, device: str, runtime: str, observation: Observation, hello: Mapping[str, Any]
+) -> dict[str, Any]:
+    tail, energy = observation.tail, observation.energy
+    return {
+        "model": model,
+        "sha256": observation.sha256,
+        "device": device,
+        "runtime": runtime,
+        "board": hello.get("board"),
+        "latency": observation.latency.to_json(),
+        "providers": observation.measurement.raw.get("providers"),
+        "tail": tail.to_json() if tail else None,
+        "energy": energy.to_json() if energy else None,
+        "flags": list(observation.flags),
+        "thermal": observation.details.get("thermal"),
+    }
+
+
+def _print_bench(model: str, device: str, runtime: str, observation: Observation, hello: Mapping[str, Any]) -> None:
+    stats, tail, energy = observation.latency, observation.tail, observation.energy
+    table = Table(title=f"{model} on {device} ({hello.get('board')}), {runtime}", title_justify="left")
     table.add_column("statistic")
     table.add_column("ms", justify="right")
     for name in ("mean", "std", "min", "p50", "p90", "p95", "p99", "p999", "max"):

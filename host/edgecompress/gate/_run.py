@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ from edgecompress.errors import ConfigError
 from edgecompress.gate._config import RegressionSettings, check_regression_metric
 from edgecompress.gate._result import Baseline, BudgetOutcome, CheckResult, RegressionOutcome
 from edgecompress.observe import Observation, observe
+from edgecompress.verdict import judge
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,14 @@ def measure_model(
     budgets: Sequence[Budget],
     targets: Mapping[str, float] | None = None,
     on_event: Callable[[str], None] | None = None,
+    upload: Callable[[int], AbstractContextManager[Callable[[int, int], None] | None]] | None = None,
     **session_options: Any,
 ) -> DeviceRun:
     """Put the model on the device and measure it; DeviceError (exit 3) when the device or agent fails.
 
     With ``targets``, a budget whose confidence interval straddles its limit is measured again (observe pools up
     to two more measurements), so a model right at its budget does not pass or fail by the luck of one run.
+    ``upload(total_bytes)``, when given, is entered around the upload and yields its progress callback.
     """
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     session = open_session(profile, on_event=on_event, **session_options)
@@ -88,7 +92,8 @@ def measure_model(
         # Energy on a board without a power source is a configuration error: say so before measuring.
         check_budgets_measurable(budgets, hello, profile.power.source, profile.power.command)
         check_runtime(profile, hello, runtime=spec.runtime, model=artifact.data)
-        sha = session.put_model(artifact.data)
+        with upload(artifact.size_bytes) if upload else nullcontext() as progress:
+            sha = session.put_model(artifact.data, progress=progress)
         observation = observe(session, sha, artifact.size_bytes, spec, budgets, thresholds=targets)
     finally:
         session.close()
@@ -96,41 +101,20 @@ def measure_model(
 
 
 def apply_budget(budget: Budget, target: float, value: float | None) -> BudgetOutcome:
-    """Pass, fail, or error (the metric has no value on this device)."""
+    """Pass, fail, or error (the metric has no value on this device), as the verdict judges it."""
+    verdict = judge(budget.key, value, target)
     unit = budget.unit
-    if value is None or math.isnan(value):
-        return BudgetOutcome(
-            budget.text,
-            budget.key,
-            unit,
-            target,
-            None,
-            "error",
-            f"{budget.key} could not be measured on this device (no value)",
-        )
+    if verdict.missing:
+        return BudgetOutcome(budget.text, budget.key, unit, target, None, "error", verdict.reason)
+    assert verdict.value is not None
     limit = format_value(target, unit)
     if budget.relative is not None:
         limit += f" ({budget.relative:g}x the baseline)"
-    if value <= target:
-        return BudgetOutcome(
-            budget.text,
-            budget.key,
-            unit,
-            target,
-            value,
-            "pass",
-            f"{budget.key} = {format_value(value, unit)} <= {limit}",
-        )
-    over = f", {value / target - 1:.1%} over" if target > 0 and math.isfinite(value) else ""
-    return BudgetOutcome(
-        budget.text,
-        budget.key,
-        unit,
-        target,
-        value,
-        "fail",
-        f"{budget.key} = {format_value(value, unit)} > {limit}{over}",
-    )
+    shown = f"{budget.key} = {format_value(verdict.value, unit)}"
+    if verdict.met:
+        return BudgetOutcome(budget.text, budget.key, unit, target, verdict.value, "pass", f"{shown} <= {limit}")
+    over = f", {verdict.value / target - 1:.1%} over" if target > 0 and math.isfinite(verdict.value) else ""
+    return BudgetOutcome(budget.text, budget.key, unit, target, verdict.value, "fail", f"{shown} > {limit}{over}")
 
 
 def compare_with_baseline(
