@@ -308,3 +308,29 @@ def bare_python(folder: Path) -> str:
     whatever this machine has installed."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
     return str(folder / "bin" / "python")
+
+
+def outage(server: SshServer) -> None:
+    """The device goes away: every SSH session is killed and the listener stopped (connections are refused)."""
+    for line in subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.splitlines():
+        pid, ppid = (int(x) for x in line.split())
+        if ppid == server.process.pid:
+            os.kill(pid, signal.SIGKILL)
+    server.stop()
+
+
+def restart(server: SshServer) -> SshServer:
+    """The device is back: sshd again on the same port, with the same host key and authorized key."""
+    process = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(server.root / "sshd_config")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    for raw in iter(process.stderr.readline, b""):
+        if b"Server listening on" in raw:
+            break
+    server.process = process
+    threading.Thread(target=lambda: process.stderr.read() if process.stderr else None, daemon=True).start()
+    return server

@@ -229,6 +229,9 @@ class TuneConfig(_Strict):
     storage: str | None = None
     accept_new_host: bool = False
     max_device_failures: int = Field(default=3, ge=1)
+    # How long a device that stopped answering is waited for before the run stops (a Pi or a Jetson reboots in
+    # 30-90 s); the trial it was measuring is then measured again, not lost.
+    device_wait_s: float = Field(default=300.0, ge=0)
 
 
 def load_tune_config(path: Path | None, overrides: dict) -> TuneConfig:

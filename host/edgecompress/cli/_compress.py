@@ -14,6 +14,7 @@ from edgecompress.cli._app import app, console, err_console
 from edgecompress.errors import ConfigError
 
 OUTPUT_FILES = ("model.onnx", "plan.json", "plan-template.json", "report.json")
+FINETUNE_LR = 0.01  # compress's distillation rate (tune's between-round fine-tune has its own setting)
 
 
 def _read_plan(path: Path) -> dict[str, Any]:
@@ -68,18 +69,10 @@ def compress(
     Without --plan the model is exported unchanged and plan-template.json names every prunable group (channels
     coupled by residual connections prune together), ready to edit.
     """
-    from edgecompress.compress import (
-        CompressionPlan,
-        apply_plan,
-        build_artifact,
-        evaluate_artifact,
-        finetune,
-        model_cost,
-        plan_template,
-        search_space,
-    )
+    from edgecompress.compress import CompressionPlan, model_cost, plan_template, search_space
     from edgecompress.compress._build import first_batch
     from edgecompress.compress._export import check_opset, max_abs_diff
+    from edgecompress.search import build_candidate
     from edgecompress.workload import load_workload
 
     check_opset(opset)
@@ -98,39 +91,21 @@ def compress(
         if quant is not None:
             raw_plan = {**raw_plan, "quant": quant}
         plan = CompressionPlan.from_json(raw_plan, space)
-    with err_console.status("pruning and recalibrating BatchNorm"):
-        pruned = apply_plan(base, plan, workload, space)
-    if finetune_steps:
-        with err_console.status(f"fine-tuning ({finetune_steps} distillation steps)") as status:
-            pruned = finetune(
-                pruned,
-                base,
-                workload,
-                finetune_steps,
-                progress=lambda step, loss: status.update(
-                    f"fine-tuning: step {step}/{finetune_steps}, loss {loss:.3f}"
-                ),
-            )
-    with err_console.status(f"exporting ONNX opset {opset} ({plan.quant})"):
-        artifact = build_artifact(pruned, plan, workload, opset=opset)
-        fp32_diff = None
-        if plan.quant == "fp32":
-            fp32_diff = max_abs_diff(artifact.data, pruned, first_batch(workload))
-    with err_console.status("evaluating on the validation set"):
-        score = evaluate_artifact(artifact, workload)
+    with err_console.status("building the candidate") as status:
+        pruned, candidate = build_candidate(
+            base,
+            plan,
+            workload,
+            space,
+            opset,
+            teacher=base,
+            finetune_steps=finetune_steps,
+            finetune_lr=FINETUNE_LR,
+            on_stage=status.update,
+        )
+        artifact, score = candidate.artifact, candidate.accuracy
+        fp32_diff = max_abs_diff(artifact.data, pruned, first_batch(workload)) if plan.quant == "fp32" else None
     macs_before, params_before = model_cost(base, workload.input_shape)
-    macs_after, params_after = model_cost(pruned, workload.input_shape)
-    # The folder is touched only now, so a run that fails early leaves nothing behind.
-    output.mkdir(parents=True, exist_ok=True)
-    for path in stale:  # with --force: files of the earlier run must not sit beside the new ones
-        path.unlink()
-    artifact.write(output / "model.onnx")
-    (output / "plan.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
-    if raw_plan is None:
-        template = plan_template(space)
-        if coarsen:
-            template["ratios"] = {stage: 0.0 for stage in space.stages}
-        (output / "plan-template.json").write_text(json.dumps(template, indent=2) + "\n")
     report = {
         "workload": workload.name,
         "model": str(output / "model.onnx"),
@@ -140,28 +115,56 @@ def compress(
         "quant": plan.quant,
         "metric": score,
         "macs_before": macs_before,
-        "macs_after": macs_after,
+        "macs_after": candidate.macs,
         "params_before": params_before,
-        "params_after": params_after,
+        "params_after": candidate.params,
         "finetune_steps": finetune_steps,
         "onnx_vs_torch_max_abs_diff": fp32_diff,
         "groups": len(space.groups),
         "plan": plan.to_json(),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    template = None if raw_plan is not None else plan_template(space)
+    if template is not None and coarsen:
+        template["ratios"] = {stage: 0.0 for stage in space.stages}
+    _write_outputs(output, stale, artifact, plan.to_json(), template, report)
     if as_json:
         print(json.dumps(report, indent=2))
-        return
-    table = Table(title=f"{workload.name} -> {output / 'model.onnx'}", title_justify="left", show_header=False)
-    table.add_row("metric (validation)", f"{score:.4f}")
-    table.add_row("MACs", f"{macs_before:,} -> {macs_after:,} ({1 - macs_after / macs_before:.1%} fewer)")
-    table.add_row("parameters", f"{params_before:,} -> {params_after:,}")
+    else:
+        _print_report(report, workload.name, output, template is not None)
+
+
+def _write_outputs(
+    output: Path,
+    stale: list[Path],
+    artifact: Any,
+    plan: dict[str, Any],
+    template: dict[str, Any] | None,
+    report: dict[str, Any],
+) -> None:
+    # The folder is touched only now, so a run that fails early leaves nothing behind.
+    output.mkdir(parents=True, exist_ok=True)
+    for path in stale:  # with --force: files of the earlier run must not sit beside the new ones
+        path.unlink()
+    artifact.write(output / "model.onnx")
+    (output / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    if template is not None:
+        (output / "plan-template.json").write_text(json.dumps(template, indent=2) + "\n")
+    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _print_report(report: dict[str, Any], workload: str, output: Path, with_template: bool) -> None:
+    table = Table(title=f"{workload} -> {output / 'model.onnx'}", title_justify="left", show_header=False)
+    table.add_row("metric (validation)", f"{report['metric']:.4f}")
+    before, after = report["macs_before"], report["macs_after"]
+    table.add_row("MACs", f"{before:,} -> {after:,} ({1 - after / before:.1%} fewer)")
+    table.add_row("parameters", f"{report['params_before']:,} -> {report['params_after']:,}")
     table.add_row(
-        "artifact", f"{artifact.size_bytes:,} bytes, {plan.quant}, opset {opset}, sha256 {artifact.sha256[:12]}"
+        "artifact",
+        f"{report['size_bytes']:,} bytes, {report['quant']}, opset {report['opset']}, sha256 {report['sha256'][:12]}",
     )
-    if fp32_diff is not None:
-        table.add_row("ONNX vs torch", f"max abs diff {fp32_diff:.2e}")
-    if raw_plan is None:
-        table.add_row("plan template", f"{output / 'plan-template.json'} ({len(space.groups)} groups)")
+    if report["onnx_vs_torch_max_abs_diff"] is not None:
+        table.add_row("ONNX vs torch", f"max abs diff {report['onnx_vs_torch_max_abs_diff']:.2e}")
+    if with_template:
+        table.add_row("plan template", f"{output / 'plan-template.json'} ({report['groups']} groups)")
     console.print(table)

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from edgecompress.budgets import METRICS, format_value
+from edgecompress.budgets import format_value, unit_of
 from edgecompress.cli._app import app, console
 from edgecompress.config import load_tune_config
 
@@ -30,7 +30,7 @@ class ConsoleReporter:
     def round_started(self, round_index: int, rounds: int, thresholds: dict[str, float], trials: int) -> None:
         if self.quiet:
             return
-        limits = ", ".join(f"{k} <= {format_value(v, _unit(k))}" for k, v in thresholds.items())
+        limits = ", ".join(f"{k} <= {format_value(v, unit_of(k))}" for k, v in thresholds.items())
         console.rule(f"round {round_index + 1}/{rounds}: {trials} trials, thresholds {limits}")
 
     def trial_finished(self, record: dict[str, Any], best: float | None, eta_s: float | None) -> None:
@@ -41,7 +41,7 @@ class ConsoleReporter:
             return
         mark = "[green]✓[/]" if record.get("feasible") else "[red]✗[/]"
         values = record.get("values") or {}
-        shown = "  ".join(f"{k} {format_value(values.get(k), _unit(k))}" for k in record.get("thresholds", {}))
+        shown = "  ".join(f"{k} {format_value(values.get(k), unit_of(k))}" for k in record.get("thresholds", {}))
         plan = record.get("plan") or {}
         ratios = plan.get("ratios") or {}
         mean_ratio = sum(ratios.values()) / len(ratios) if ratios else 0.0
@@ -52,11 +52,6 @@ class ConsoleReporter:
             f"{plan.get('quant', '?')} prune~{mean_ratio:.2f}  best {best_text}  ETA {eta}",
             highlight=False,
         )
-
-
-def _unit(key: str) -> str:
-    metric = METRICS.get(key.split("@")[0])
-    return metric.unit if metric else ""
 
 
 @app.command()
@@ -115,6 +110,13 @@ def tune(
         help="Trust an SSH host key not yet in "
         "known_hosts (like OpenSSH's accept-new). A changed key is always refused.",
     ),
+    device_wait: float | None = typer.Option(
+        None,
+        "--device-wait",
+        min=0,
+        help="Seconds to wait for a device that stopped answering before the run stops (default 300); the trial "
+        "it was measuring is measured again when it is back.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the final result as JSON."),
 ) -> None:
     """Find the most accurate compressed model that meets the budgets measured on the device.
@@ -155,6 +157,7 @@ def tune(
             "name": name,
             "storage": storage,
             "accept_new_host": accept_new_host or None,
+            "device_wait_s": device_wait,
         }
         settings = load_tune_config(config, overrides)
         result = run_tune(settings, out, reporter, command=command)
@@ -194,7 +197,7 @@ def _summary(result: Any) -> None:
         f"{final['accuracy']:.4f}" if final.get("met") else "not met",
     )
     for key, target in base["targets"].items():
-        unit = _unit(key)
+        unit = unit_of(key)
         final_value = format_value((final.get("values") or {}).get(key), unit) if final.get("met") else "-"
         table.add_row(
             f"{key} (budget {format_value(target, unit)})", format_value(base["values"].get(key), unit), final_value

@@ -1,6 +1,19 @@
-"""The annealed constrained search: cooling schedules and the rounds loop over Optuna studies."""
+"""The annealed constrained search: cooling schedules, the run driver, its phases and the trial pipeline."""
 
-from edgecompress.search._rounds import Reporter, TuneResult, run_tune, tune_measure_request
+from edgecompress.search._candidate import Candidate, build_candidate, measure_candidate
+from edgecompress.search._context import tune_measure_request
+from edgecompress.search._driver import TuneResult, run_tune
+from edgecompress.search._progress import Reporter
 from edgecompress.search._schedule import SCHEDULES, thresholds
 
-__all__ = ["SCHEDULES", "Reporter", "TuneResult", "run_tune", "thresholds", "tune_measure_request"]
+__all__ = [
+    "SCHEDULES",
+    "Candidate",
+    "Reporter",
+    "TuneResult",
+    "build_candidate",
+    "measure_candidate",
+    "run_tune",
+    "thresholds",
+    "tune_measure_request",
+]

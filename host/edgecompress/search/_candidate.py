@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ from edgecompress.compress import (
     model_cost,
 )
 from edgecompress.device import MeasureRequest, Session
-from edgecompress.observe import Observation, evaluate_metrics, observe
+from edgecompress.observe import Observation, observe
 from edgecompress.workload import Workload
 
 
@@ -67,21 +68,38 @@ def build_candidate(
     teacher: nn.Module | None = None,
     finetune_steps: int = 0,
     finetune_lr: float = 1e-3,
+    on_stage: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, Candidate]:
     """Prune ``base`` by ``plan`` (or take an already pruned ``model``), export (ONNX at ``opset``, or TFLite),
     quantize and evaluate it.
 
     With a ``teacher`` and ``finetune_steps``, a pruned candidate gets that many distillation steps before it is
     scored, so candidates are ranked closer to what they become after fine-tuning than to what pruning left.
+    ``on_stage`` hears what is being done (for a spinner), fine-tuning steps included.
     """
-    t0 = time.perf_counter()
-    pruned = model if model is not None else apply_plan(base, plan, workload, space)
-    if model is None and teacher is not None and finetune_steps > 0 and not plan.is_identity:
-        pruned = finetune(pruned, teacher, workload, steps=finetune_steps, lr=finetune_lr)
+    stage = on_stage or (lambda text: None)
     if format == "onnx" and opset is None:
         raise ValueError("an ONNX candidate needs an opset")
+    t0 = time.perf_counter()
+    if model is None:
+        stage("pruning and recalibrating BatchNorm")
+        pruned = apply_plan(base, plan, workload, space)
+    else:
+        pruned = model
+    if model is None and teacher is not None and finetune_steps > 0 and not plan.is_identity:
+        stage(f"fine-tuning ({finetune_steps} distillation steps)")
+        pruned = finetune(
+            pruned,
+            teacher,
+            workload,
+            steps=finetune_steps,
+            lr=finetune_lr,
+            progress=lambda step, loss: stage(f"fine-tuning: step {step}/{finetune_steps}, loss {loss:.3f}"),
+        )
+    stage(f"exporting {'ONNX opset ' + str(opset) if format == 'onnx' else 'TFLite'} ({plan.quant})")
     artifact = build_artifact(pruned, plan, workload, opset=opset or 0, format=format)
     t1 = time.perf_counter()
+    stage("evaluating on the validation set")
     accuracy = evaluate_artifact(artifact, workload, limit=val_limit)
     t2 = time.perf_counter()
     macs, params = model_cost(pruned, workload.input_shape)
@@ -111,7 +129,3 @@ def measure_candidate(
     t1 = time.perf_counter()
     observation = observe(session, sha, artifact.size_bytes, spec, budgets, thresholds=thresholds)
     return DeviceResult(observation, t1 - t0, time.perf_counter() - t1)
-
-
-def host_only_values(artifact: Artifact, budgets: list[Budget]) -> dict[str, float | None]:
-    return evaluate_metrics(Evidence(size_bytes=artifact.size_bytes), [b for b in budgets if b.spec.on_host])

@@ -1,0 +1,99 @@
+"""The run context: what every phase and trial of a tune run shares, settled once after the device's hello."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from torch import nn
+
+from edgecompress.budgets import Budget
+from edgecompress.compress import CompressionPlan, SearchSpace, search_space
+from edgecompress.compress._export import INPUT_NAME
+from edgecompress.config import DeviceProfile, TuneConfig
+from edgecompress.device import MeasureRequest, measure_request
+from edgecompress.search._candidate import Candidate, build_candidate
+from edgecompress.search._decide import make_sampler, round_count
+from edgecompress.search._negotiate import ExportTarget
+from edgecompress.workload import Workload
+
+# Above this many prunable groups, the space gets one ratio per stage (a few trials per round cannot learn 30).
+COARSEN_ABOVE_GROUPS = 12
+
+
+def tune_measure_request(profile: DeviceProfile, config: TuneConfig, input_shape: tuple[int, ...]) -> MeasureRequest:
+    """How a tune run measures every model: the profile's defaults, its runs and window, ``batch`` inputs a call."""
+    shapes = {INPUT_NAME: (config.batch, *input_shape[1:])} if config.batch > 1 else None
+    return measure_request(profile, runs=config.runs, min_seconds=config.min_seconds, input_shapes=shapes)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Settings, device, export target and workload of one run. ``target.quant_modes`` holds the formats the
+    search samples: after the probe, only those kept (``keeping``)."""
+
+    config: TuneConfig
+    profile: DeviceProfile
+    budgets: tuple[Budget, ...]
+    workload: Workload
+    target: ExportTarget
+    run_dir: Path
+    storage: str
+    name: str
+
+    @property
+    def rounds(self) -> int:
+        return round_count(self.config)
+
+    @property
+    def request(self) -> MeasureRequest:
+        return tune_measure_request(self.profile, self.config, self.workload.input_shape)
+
+    @property
+    def device_budgets(self) -> tuple[Budget, ...]:
+        return tuple(b for b in self.budgets if not b.spec.on_host)
+
+    def keeping(self, quant_modes: tuple[str, ...]) -> RunContext:
+        return dataclasses.replace(self, target=dataclasses.replace(self.target, quant_modes=quant_modes))
+
+    def space(self, model: nn.Module) -> SearchSpace:
+        """The model's pruning space, coarsened to stages when asked or when it has many groups."""
+        space = search_space(model, self.workload.input_shape, self.workload.ignore)
+        coarse = self.config.coarsen == "yes" or (
+            self.config.coarsen == "auto" and len(space.groups) > COARSEN_ABOVE_GROUPS
+        )
+        if not coarse:
+            return space
+        return search_space(model, self.workload.input_shape, self.workload.ignore, coarsen=True)
+
+    def build(
+        self, base: nn.Module, plan: CompressionPlan, space: SearchSpace, **options: Any
+    ) -> tuple[nn.Module, Candidate]:
+        """build_candidate with this run's workload, export target and validation limit."""
+        return build_candidate(
+            base,
+            plan,
+            self.workload,
+            space,
+            self.target.opset,
+            self.config.val_limit,
+            format=self.target.format,
+            **options,
+        )
+
+    def study(self, t: int) -> optuna.Study:
+        """Round t's study (created on first use): its own threshold, its own seeded sampler."""
+        study = optuna.create_study(
+            study_name=f"{self.name}/round-{t}",
+            storage=self.storage,
+            sampler=make_sampler(self.config, t),
+            direction="maximize",
+            load_if_exists=True,
+        )
+        finished = len(study.get_trials(deepcopy=False))
+        if finished:
+            study.sampler = make_sampler(self.config, t, finished)
+        return study

@@ -1,0 +1,244 @@
+"""The search's decisions, as pure functions of the run's settings and its trials: no device, no files, no model.
+
+Each is unit-tested on hand-made trials (tests/test_search_decisions.py); the driver and the trial pipeline only
+call them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from edgecompress import verdict
+from edgecompress.budgets import Budget
+from edgecompress.compress import CompressionPlan, SearchSpace
+from edgecompress.compress._space import Quant
+from edgecompress.config import TuneConfig
+from edgecompress.search._schedule import thresholds as cooling
+
+INTERRUPTED = "interrupted"
+# The fail reason of a trial whose device went away: its plan is queued again and the trial does not count.
+DEVICE_UNAVAILABLE = "device unavailable"
+# A format must be more than 10% slower than fp32 on every device budget to be left out of the search.
+QUANT_PROBE_MARGIN = 0.10
+
+
+RESUME_SEED_STEP = 7919  # a prime: seeds of resumed studies never meet another round's (t < 1000)
+
+
+def duplicate_of(params: Mapping[str, Any], trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """A complete trial that evaluated exactly these parameters already (its result holds for them too)."""
+    return next((tr for tr in trials if tr.state == TrialState.COMPLETE and tr.params == dict(params)), None)
+
+
+def round_count(config: TuneConfig) -> int:
+    """How many rounds a run has: one for one-step cooling and for the single-round baselines."""
+    if config.schedule == "one-step" or config.strategy in ("unconstrained", "uniform"):
+        return 1
+    return config.rounds
+
+
+def make_sampler(config: TuneConfig, t: int, finished: int = 0) -> optuna.samplers.BaseSampler:
+    """Round t's sampler, seeded per round so a run is repeatable. ``finished``: the trials the round's study holds
+    already (a resumed run): the seed moves on with them, or a resumed sampler would restart its random stream and
+    propose the plans it proposed before the interruption again."""
+    seed = config.seed * 1000 + t + RESUME_SEED_STEP * finished
+    if config.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: a trial still being measured counts as a poor one, so candidates asked while others are in
+    # flight spread out (off by default in Optuna 4.x, and without effect when one trial runs at a time).
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, config.trials_per_round), constant_liar=True)
+
+
+def sample_plan(
+    trial: optuna.Trial, space: SearchSpace, config: TuneConfig, quant_modes: Sequence[str]
+) -> CompressionPlan:
+    """The plan a trial proposes: a pruning ratio per dimension of the space and a numeric format."""
+    ratios = {
+        dim: trial.suggest_float(f"ratio:{dim}", 0.0, config.max_ratio, step=config.ratio_step)
+        for dim in space.dimensions
+    }
+    quant = trial.suggest_categorical("quant", list(quant_modes))
+    return CompressionPlan(
+        ratios={k: v for k, v in ratios.items() if v > 0}, quant=cast(Quant, quant), round_to=config.round_to
+    )
+
+
+def identity_params(space: SearchSpace, quant_modes: Sequence[str]) -> dict[str, Any]:
+    """The parameters of the unchanged model (fp32 where searched): every round's first trial."""
+    quant = "fp32" if "fp32" in quant_modes else quant_modes[0]
+    return {**{f"ratio:{d}": 0.0 for d in space.dimensions}, "quant": quant}
+
+
+def uniform_params(space: SearchSpace, ratio: float, quant_modes: Sequence[str]) -> dict[str, Any]:
+    """One global ratio for every dimension, in the first searched format (the uniform baseline's trial)."""
+    return {**{f"ratio:{d}": ratio for d in space.dimensions}, "quant": quant_modes[0]}
+
+
+def _global_ratio(trial: FrozenTrial) -> float:
+    return max((v for k, v in trial.params.items() if k.startswith("ratio:")), default=0.0)
+
+
+class UniformSearch:
+    """Binary search for the smallest global ratio whose uniform plan is feasible (the paper's uniform baseline)."""
+
+    def __init__(self, max_ratio: float, step: float):
+        self.max_ratio = max_ratio
+        self.step = step
+
+    @staticmethod
+    def tried(finished: Sequence[FrozenTrial]) -> set[float]:
+        return {_global_ratio(tr) for tr in finished}
+
+    def next_ratio(self, finished: Sequence[FrozenTrial]) -> float:
+        low, high = 0.0, self.max_ratio
+        for tr in finished:
+            ratio = _global_ratio(tr)
+            if tr.state == TrialState.COMPLETE and tr.user_attrs.get("feasible"):
+                high = min(high, ratio)
+            else:
+                low = max(low, ratio)
+        middle = (low + high) / 2
+        return min(self.max_ratio, round(round(middle / self.step) * self.step, 6))
+
+
+def counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that count toward a round's number: complete, or failed through the candidate's own fault (not
+    interrupted, not lost to a device that went away: those plans are queued again)."""
+
+    def candidates_fault(reason: str) -> bool:
+        return reason != INTERRUPTED and not reason.startswith(DEVICE_UNAVAILABLE)
+
+    return [
+        tr
+        for tr in trials
+        if tr.state == TrialState.COMPLETE
+        or (tr.state == TrialState.FAIL and candidates_fault(str(tr.user_attrs.get("fail_reason"))))
+    ]
+
+
+def interrupted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials left RUNNING by a run that was killed: to be failed as interrupted and their parameters queued."""
+    return [tr for tr in trials if tr.state == TrialState.RUNNING]
+
+
+def _accuracy(trial: FrozenTrial) -> float:
+    return float(trial.user_attrs["candidate"]["accuracy"])
+
+
+def best_accuracy(trials: Sequence[FrozenTrial]) -> float | None:
+    """The highest accuracy among the complete, feasible trials (None before the first)."""
+    feasible = [
+        tr.user_attrs.get("candidate", {}).get("accuracy")
+        for tr in trials
+        if tr.state == TrialState.COMPLETE and tr.user_attrs.get("feasible")
+    ]
+    return max(feasible) if feasible else None
+
+
+def select(trials: Sequence[FrozenTrial], thresholds: Mapping[str, float]) -> tuple[FrozenTrial | None, bool]:
+    """A round's choice: the best feasible trial (highest accuracy, ties to the lower load on the budgets), else the
+    least violating measured one; with whether it was feasible. None when no trial completed."""
+    complete = [tr for tr in trials if tr.state == TrialState.COMPLETE and "candidate" in tr.user_attrs]
+    if not complete:
+        return None, False
+    feasible = [tr for tr in complete if tr.user_attrs.get("feasible")]
+    if feasible:
+        return max(
+            feasible, key=lambda tr: (_accuracy(tr), -verdict.load(tr.user_attrs.get("values", {}), thresholds))
+        ), True
+    measured = [tr for tr in complete if "observation" in tr.user_attrs] or complete
+    chosen = min(
+        measured,
+        key=lambda tr: (verdict.relative_violation(tr.user_attrs.get("values", {}), thresholds), -_accuracy(tr)),
+    )
+    return chosen, False
+
+
+def objective(
+    config: TuneConfig,
+    budgets: Sequence[Budget],
+    accuracy: float,
+    values: Mapping[str, float | None],
+    original_values: Mapping[str, float | None],
+) -> float:
+    """What the sampler maximises: the accuracy, or for the unconstrained baseline the paper's trade-off
+    100 acc + lambda (L0 - latency) on the first device budget."""
+    if config.strategy != "unconstrained":
+        return accuracy
+    device_budget = next((b for b in budgets if not b.spec.on_host), budgets[0])
+    base = float(original_values[device_budget.key] or 0.0)
+    value = values.get(device_budget.key)
+    return 100 * accuracy + config.tradeoff_lambda * (base - (value if value is not None else base))
+
+
+def median_values(samples: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Per metric, the median of the values measured (metrics a measurement did not report are left out of it)."""
+    keys = {k for sample in samples for k in sample}
+    result: dict[str, float | None] = {}
+    for key in keys:
+        present = sorted(float(v) for sample in samples if (v := sample.get(key)) is not None)
+        result[key] = statistics.median(present) if present else None
+    return result
+
+
+def closest_to(samples: Sequence[Mapping[str, float | None]], center: Mapping[str, float | None]) -> int:
+    """The index of the sample whose p50 latency is closest to ``center``'s: the one measurement kept as raw data."""
+
+    def p50(values: Mapping[str, float | None]) -> float:
+        return float(values.get("latency.p50") or 0.0)
+
+    return min(range(len(samples)), key=lambda i: abs(p50(samples[i]) - p50(center)))
+
+
+def cooling_plan(
+    budgets: Sequence[Budget], original: Mapping[str, float | None], config: TuneConfig
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Every budget's absolute target C (relative ones on the original's value L0) and its threshold per round."""
+    from edgecompress.errors import ConfigError
+
+    rounds = round_count(config)
+    kind = "one-step" if rounds == 1 else config.schedule
+    targets = {b.key: b.target(original.get(b.key)) for b in budgets}
+    schedule: dict[str, list[float]] = {}
+    for b in budgets:
+        base_value = original.get(b.key)
+        if base_value is None:
+            raise ConfigError(f"the device did not report {b.key} for the original model")
+        schedule[b.key] = cooling(float(base_value), targets[b.key], rounds, kind, config.alpha)
+    return targets, schedule
+
+
+def formats_to_drop(ratios: Mapping[str, Mapping[str, float | None]]) -> list[str]:
+    """The formats measured slower than fp32 by more than QUANT_PROBE_MARGIN on every device budget."""
+    return [mode for mode, ratio in ratios.items() if verdict.slower_on_every(ratio, QUANT_PROBE_MARGIN)]
+
+
+def drift(
+    values: Mapping[str, float | None], reference: Mapping[str, float | None], keys: Sequence[str]
+) -> dict[str, float]:
+    """The relative change of each device budget's value since the reference measurement of the original."""
+    ratio = verdict.ratios(values, reference, keys)
+    return {k: r - 1 for k, r in ratio.items() if r is not None}
+
+
+def composed_plan(original: SearchSpace, final: SearchSpace, last: CompressionPlan) -> CompressionPlan:
+    """The plan that rebuilds the final model's channel counts from the original in one step: the rounds' plans
+    composed. Each round prunes its own base, so the last round's plan alone is relative to a pruned model.
+
+    ``final`` is the final model's space (its groups keep their names through pruning); round_to is 1 because the
+    counts are exact already, and the format and float fallback are the last round's.
+    """
+    kept = {g.name: g.channels for g in final.groups}
+    ratios = {}
+    for group in original.groups:
+        channels = kept.get(group.name, group.channels)
+        if channels < group.channels:
+            ratios[group.name] = 1.0 - channels / group.channels
+    return CompressionPlan(ratios=ratios, quant=last.quant, float_fallback=last.float_fallback, round_to=1)

@@ -1,0 +1,229 @@
+"""The phases of a tune run around its rounds of trials: measuring the original, probing the reduced-precision
+formats, checking the device for drift before a round, finishing a round (fine-tune the chosen candidate into the
+next base) and confirming the final model. Each records what it decided in the run state; the driver orders them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, cast
+
+from torch import nn
+
+from edgecompress import verdict
+from edgecompress.artifact import Artifact
+from edgecompress.compress import CompressionPlan, apply_plan, finetune
+from edgecompress.compress._space import Quant
+from edgecompress.device import DevicePool
+from edgecompress.errors import DeviceError, EdgecompressError
+from edgecompress.report import group_channels
+from edgecompress.search import _decide as decide
+from edgecompress.search._candidate import Candidate
+from edgecompress.search._context import RunContext
+from edgecompress.search._pipeline import measure_on
+from edgecompress.search._progress import Reporter
+from edgecompress.search._state import RunState, save_checkpoint, save_json
+
+# L0 anchors every relative budget and every threshold: the median of a few measurements, so one disturbed window
+# on a busy device does not move the whole search.
+ORIGINAL_MEASUREMENTS = 3
+
+
+class Phases:
+    """The run's phases on one context, device pool, reporter and state."""
+
+    def __init__(self, context: RunContext, pool: DevicePool, reporter: Reporter, state: RunState):
+        self.context = context
+        self.pool = pool
+        self.reporter = reporter
+        self.state = state
+
+    def measure_original(self, original: nn.Module) -> dict[str, Any]:
+        """The original's record: its candidate, median values, absolute targets and every round's thresholds."""
+        context = self.context
+        self.reporter.message("measuring the original model on the device")
+        space = context.space(original)
+        _, candidate = context.build(original, CompressionPlan(ratios={}, quant="fp32"), space, model=original)
+        repeats = [
+            measure_on(self.pool, context, candidate.artifact, None, self.reporter.message)
+            for _ in range(ORIGINAL_MEASUREMENTS)
+        ]
+        values = decide.median_values([r.values for r in repeats])
+        kept = repeats[decide.closest_to([r.values for r in repeats], values)]
+        targets, schedule = decide.cooling_plan(context.budgets, values, context.config)
+        (context.run_dir / f"original.{context.target.format}").write_bytes(candidate.artifact.data)
+        for b in context.budgets:
+            self.reporter.message(
+                f"{b.key}: original {values.get(b.key):.4g} {b.unit}, budget {targets[b.key]:.4g} "
+                f"{b.unit}, thresholds " + ", ".join(f"{c:.4g}" for c in schedule[b.key])
+            )
+        return {
+            "candidate": candidate.to_json(),
+            "values": values,
+            "targets": targets,
+            "thresholds": schedule,
+            "observation": kept.observation,
+            "drift_reference": values,
+        }
+
+    def probe_formats(self, original: nn.Module) -> dict[str, Any]:
+        """Measure the original once in each reduced-precision format the search would sample. A format slower than
+        fp32 by more than QUANT_PROBE_MARGIN on every device budget is left out, unless a host budget (size) rewards
+        it: trials spent on it are wasted, and a few trials per round are too few for a sampler to learn that."""
+        context, config = self.context, self.context.config
+        modes = list(context.target.quant_modes)
+        probe: dict[str, Any] = {"kept": modes, "measured": {}, "dropped": []}
+        device_keys = [b.key for b in context.device_budgets]
+        if not config.quant_probe or config.strategy == "uniform" or "fp32" not in modes or len(modes) < 2:
+            return probe
+        if len(device_keys) < len(context.budgets):
+            probe["skipped"] = "a host-checked budget (size) rewards the smaller formats"
+            return probe
+        assert self.state.original is not None
+        fp32 = self.state.original["values"]
+        space = context.space(original)
+        for mode in modes:
+            if mode == "fp32":
+                continue
+            try:
+                plan = CompressionPlan(quant=cast(Quant, mode))
+                _, candidate = context.build(original, plan, space, model=original)
+                values = measure_on(self.pool, context, candidate.artifact, None, self.reporter.message).values
+            except DeviceError:
+                raise
+            except (EdgecompressError, RuntimeError, ValueError) as exc:
+                probe["measured"][mode] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            ratios = verdict.ratios(values, fp32, device_keys)
+            probe["measured"][mode] = {"values": {k: values.get(k) for k in device_keys}, "ratios": ratios}
+            shown = ", ".join(f"{k} {r:.2f}x of fp32" for k, r in ratios.items() if r is not None)
+            if decide.formats_to_drop({mode: ratios}):
+                probe["dropped"].append(mode)
+                self.reporter.message(
+                    f"{mode}: the original measured {shown} on this device; {mode} is left out of the search "
+                    "(--no-quant-probe keeps it)"
+                )
+            else:
+                self.reporter.message(f"{mode}: the original measured {shown} on this device; {mode} stays")
+        probe["kept"] = [m for m in modes if m not in probe["dropped"]]
+        return probe
+
+    def check_drift(self, t: int) -> None:
+        """Before round t (t > 0): re-measure the original; past the tolerance, wait once and measure again."""
+        context, config, state = self.context, self.context.config, self.state
+        if t == 0 or len(state.rounds) > t:
+            return
+        assert state.original is not None
+        original_bytes = (context.run_dir / f"original.{context.target.format}").read_bytes()
+        reference = state.original["drift_reference"]
+        keys = [b.key for b in context.device_budgets]
+        record: dict[str, Any] = {"round": t, "measurements": []}
+        for attempt in range(2):
+            artifact = Artifact.from_bytes(original_bytes, context.target.format)
+            values = measure_on(self.pool, context, artifact, None, self.reporter.message).values
+            change = decide.drift(values, reference, keys)
+            record["measurements"].append({"values": {k: values.get(k) for k in keys}, "drift": change})
+            worst = max((abs(v) for v in change.values()), default=0.0)
+            if worst <= config.drift_tolerance:
+                break
+            self.reporter.message(
+                f"round {t}: the original model drifted by {worst:.1%} since the start "
+                f"(tolerance {config.drift_tolerance:.0%})"
+                + (
+                    f"; waiting {config.drift_wait_s:.0f} s and re-measuring"
+                    if attempt == 0
+                    else "; continuing, figures may be shifted"
+                )
+            )
+            record["warned"] = True
+            if attempt == 0:
+                time.sleep(config.drift_wait_s)  # let the device cool or settle before re-measuring
+        state.drift.append(record)
+        state.save()
+
+    def finish_round(self, t: int, base_model: nn.Module, teacher: nn.Module) -> None:
+        """Choose round t's candidate, fine-tune it by distillation from ``teacher``, measure it: the next base."""
+        context, config = self.context, self.context.config
+        study = context.study(t)
+        thresholds = self.state.thresholds(t)
+        chosen, feasible = decide.select(study.get_trials(deepcopy=False), thresholds)
+        if chosen is None:
+            raise EdgecompressError(f"round {t}: every trial failed; see {context.run_dir / 'tune.log'}")
+        if not feasible:
+            self.reporter.message(
+                f"round {t}: no trial met the thresholds; keeping the least violating one "
+                f"(trial {chosen.number}) as the next base"
+            )
+        space = context.space(base_model)
+        plan = CompressionPlan.from_json(chosen.user_attrs["plan"])
+        self.reporter.message(
+            f"round {t}: best trial {chosen.number} (accuracy "
+            f"{chosen.user_attrs['candidate']['accuracy']:.4f}); fine-tuning "
+            f"{config.finetune_steps} steps with distillation"
+        )
+        pruned = apply_plan(base_model, plan, context.workload, space)
+        tuned = finetune(pruned, teacher, context.workload, steps=config.finetune_steps, lr=config.finetune_lr)
+        _, candidate = context.build(base_model, plan, space, model=tuned)
+        device = measure_on(self.pool, context, candidate.artifact, thresholds, self.reporter.message)
+        save_checkpoint(context.run_dir, t, tuned, candidate.artifact.data, context.target.format)
+        self.state.record_round(
+            {
+                "round": t,
+                "thresholds": thresholds,
+                "chosen_trial": chosen.number,
+                "feasible": feasible,
+                "before_finetune_accuracy": chosen.user_attrs["candidate"]["accuracy"],
+                # Channels per group before and after this round, for reports (the plan alone holds only ratios).
+                "groups": group_channels(space, plan),
+                "next_base": {**candidate.to_json(), "values": device.values, "observation": device.observation},
+            }
+        )
+        self.reporter.message(
+            f"round {t}: fine-tuned accuracy {candidate.accuracy:.4f}, "
+            + ", ".join(f"{k} {device.values.get(k):.4g}" for k in thresholds)
+        )
+
+    def confirm_final(
+        self, options: list[tuple[str, nn.Module, CompressionPlan]], space: Any, original_space: Any
+    ) -> dict[str, Any]:
+        """The first option confirmed on a fresh measurement to meet every budget becomes the final model; else
+        the run's answer is 'not met'. ``space`` is the last round's base's; plan.json is written against
+        ``original_space`` (the rounds composed), so ``compress --plan`` rebuilds the final model's shape."""
+        context, state = self.context, self.state
+        assert state.original is not None
+        targets = state.targets
+        base_acc = state.original["candidate"]["accuracy"]
+        for label, model, plan in options:
+            _, candidate = context.build(model, plan, space, model=model)
+            device = measure_on(self.pool, context, candidate.artifact, targets, self.reporter.message)
+            if verdict.meets(device.values, targets):
+                self._write_final(candidate, decide.composed_plan(original_space, context.space(model), plan))
+                self.reporter.message(
+                    f"final model ({label}) meets every budget on a fresh measurement: accuracy "
+                    f"{candidate.accuracy:.4f} (original {base_acc:.4f}, drop "
+                    f"{100 * (base_acc - candidate.accuracy):.2f} points)"
+                )
+                return {
+                    "met": True,
+                    "which": label,
+                    **candidate.to_json(),
+                    "values": device.values,
+                    "accuracy_drop": base_acc - candidate.accuracy,
+                    "observation": device.observation,
+                }
+            self.reporter.message(
+                f"{label} candidate does not meet the budgets on confirmation: "
+                + ", ".join(f"{k} {_shown(device.values.get(k))}" for k in targets)
+            )
+        self.reporter.message("budgets not met: no candidate was confirmed on the device as meeting every budget")
+        return {"met": False}
+
+    def _write_final(self, candidate: Candidate, plan: CompressionPlan) -> None:
+        run_dir = self.context.run_dir
+        (run_dir / f"model.{self.context.target.format}").write_bytes(candidate.artifact.data)
+        save_json(run_dir / "plan.json", plan.to_json())
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4g}"

@@ -1,0 +1,63 @@
+"""What a run tells the person watching it, and how it hears Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any, Protocol
+
+log = logging.getLogger("edgecompress.tune")
+
+
+class Reporter(Protocol):
+    """What the loop tells the person watching (the CLI prints it; tests may collect it)."""
+
+    def message(self, text: str) -> None: ...
+
+    def round_started(self, round_index: int, rounds: int, thresholds: dict[str, float], trials: int) -> None: ...
+
+    def trial_finished(self, record: dict[str, Any], best: float | None, eta_s: float | None) -> None: ...
+
+
+class LogReporter:
+    def message(self, text: str) -> None:
+        log.info(text)
+
+    def round_started(self, round_index: int, rounds: int, thresholds: dict[str, float], trials: int) -> None:
+        log.info("round %d/%d thresholds %s", round_index + 1, rounds, thresholds)
+
+    def trial_finished(self, record: dict[str, Any], best: float | None, eta_s: float | None) -> None:
+        log.info("trial %s", record.get("number"))
+
+
+STOPPING = "stopping after the trial in flight (Ctrl-C again to stop now)"
+
+
+class StopFlag:
+    """First Ctrl-C: finish the trial in flight, then stop. Second Ctrl-C: stop now (KeyboardInterrupt), which the
+    driver turns into an interrupted run that still writes its results. ``notify`` tells the person watching."""
+
+    def __init__(self, notify: Callable[[str], None] | None = None) -> None:
+        self.requested = False
+        self.notify = notify
+        self._previous: Any = None
+
+    def __enter__(self) -> StopFlag:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread (tests driving the loop in a thread)
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning(STOPPING)
+        if self.notify is not None:
+            self.notify(STOPPING)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
