@@ -9,6 +9,12 @@ from .protocol import FrameError
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+class ModelChanged(FrameError):
+    """A cached file whose bytes no longer hash to its name: another model's bytes under that name."""
+
+    kind = "sha256_mismatch"
+
+
 def check_sha256(value):
     if not isinstance(value, str) or not _SHA256.match(value):
         raise FrameError("sha256 must be 64 lowercase hex digits, got {!r}".format(value))
@@ -34,6 +40,16 @@ class ModelCache(object):
 
     def path(self, sha256):
         return os.path.join(self.root, check_sha256(sha256) + ".model")
+
+    def verified_path(self, sha256):
+        """The cached file, after checking that its bytes still hash to ``sha256``; a changed file is removed."""
+        path = self.path(sha256)
+        actual = sha256_file(path)
+        if actual != sha256:
+            os.remove(path)
+            raise ModelChanged("the cached model {} holds other bytes (they hash to {}); it was removed, so the "
+                               "next put_model sends the model again".format(sha256[:12], actual[:12]))
+        return path
 
     def _partial(self, sha256):
         return os.path.join(self.root, check_sha256(sha256) + ".part")

@@ -176,6 +176,32 @@ def random_inputs(runner, shapes=None, seed=0):
     return feeds
 
 
+def run_batches(runner, feeds, batch=None):
+    """The model's outputs for ``feeds``: one run, or with ``batch`` one run per ``batch`` samples along the first
+    axis, the outputs joined along it (a model with a fixed batch of 1 then takes many samples per request)."""
+    if batch is None:
+        return _run(runner, feeds)
+    np = _numpy()
+    sizes = set(len(v) if v.ndim else 0 for v in feeds.values())
+    if len(sizes) != 1 or 0 in sizes:
+        raise FrameError("with 'batch', every input needs the same number of samples along its first axis")
+    total = sizes.pop()
+    parts = []
+    for start in range(0, total, batch):
+        parts.append(_run(runner, dict((k, v[start:start + batch]) for k, v in feeds.items())))
+    if any(np.ndim(o) == 0 for o in parts[0]):
+        raise FrameError("with 'batch', every output needs a batch axis; this model has a scalar output")
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def _run(runner, feeds):
+    try:
+        return runner.run(feeds)
+    except Exception as exc:
+        raise FrameError("inference failed on inputs of shape {}: {}".format(
+            dict((k, list(v.shape)) for k, v in feeds.items()), _short(exc)))
+
+
 def decode_arrays(specs, payload):
     """Arrays from a payload described by [{name, dtype, shape, offset, nbytes}] (no pickle)."""
     np = _numpy()

@@ -1,5 +1,6 @@
 """The request loop: one framed request in, one framed answer out, until ``bye`` or end of input."""
 
+import json
 import math
 import os
 import sys
@@ -54,6 +55,7 @@ class Agent(object):
         self.cache = ModelCache(os.path.join(self.cache_dir, "models"), cache_max_bytes)
         self.root = sysfs_root
         self.running = True
+        self._validating = None  # (request key, runner) of the last validate request
         self.handlers = {
             "hello": self.hello, "has_model": self.has_model, "put_model": self.put_model,
             "measure": self.measure, "validate": self.validate, "bye": self.bye,
@@ -235,17 +237,29 @@ class Agent(object):
 
     def validate(self, header, payload):
         specs = _field(header, "inputs", (list,), required=True)
-        runner, _ = self._runner(header)
+        batch = _field(header, "batch", (int,), low=1, high=1 << 20)
+        runner = self._validation_runner(header)
         feeds = runtimes.decode_arrays(specs, payload)
         expected = set(i["name"] for i in runner.inputs)
         if set(feeds) != expected:
             raise FrameError("inputs {} do not match the model's {}".format(sorted(feeds), sorted(expected)))
-        try:
-            outputs = runner.run(feeds)
-        except Exception as exc:
-            raise FrameError("inference failed: {}".format(runtimes._short(exc)))
+        outputs = runtimes.run_batches(runner, feeds, batch)
         out_specs, data = runtimes.encode_arrays(list(zip(runner.outputs, outputs)))
-        return {"outputs": out_specs}, data
+        return {"outputs": out_specs, "providers": runner.providers}, data
+
+    def _validation_runner(self, header):
+        """The runner for a validate request: loaded once for a run of validate requests on the same model and
+        settings (a TensorRT engine takes minutes to build), from bytes checked against their sha256 first."""
+        key = json.dumps([header.get(k) for k in ("sha256", "runtime", "threads", "providers")])
+        if self._validating is not None and self._validating[0] == key:
+            return self._validating[1]
+        self._validating = None  # the previous model's session is freed before the next one is loaded
+        sha = check_sha256(header.get("sha256"))
+        if self.cache.status(sha)[0]:
+            self.cache.verified_path(sha)
+        runner, _ = self._runner(header)
+        self._validating = (key, runner)
+        return runner
 
     def bye(self, header, payload):
         self.running = False

@@ -269,8 +269,15 @@ class Session:
         runtime: str = "onnxruntime",
         threads: int | None = None,
         providers: tuple[str, ...] = (),
+        batch: int | None = None,
+        timeout_s: float = 300.0,
     ) -> list[np.ndarray]:
-        """Run the model on the device with these inputs; returns its outputs."""
+        """Run the model on the device with these inputs; returns its outputs.
+
+        With ``batch``, the agent runs the inputs ``batch`` samples at a time along their first axis and joins the
+        outputs, so one request carries many inferences at the batch the model takes. Inputs and outputs must each
+        fit in one frame's payload (edgecompress_agent.protocol.MAX_PAYLOAD_BYTES).
+        """
         from edgecompress_agent.runtimes import decode_arrays, encode_arrays
 
         specs, payload = encode_arrays(list(inputs.items()))
@@ -279,6 +286,8 @@ class Session:
             fields["threads"] = threads
         if providers:
             fields["providers"] = list(providers)
-        result, data = self.request("validate", fields, payload, timeout_s=300)
+        if batch is not None:
+            fields["batch"] = batch
+        result, data = self.request("validate", fields, payload, timeout_s=timeout_s)
         arrays = decode_arrays(result["outputs"], data)
         return [np.array(arrays[spec["name"]]) for spec in result["outputs"]]
