@@ -475,3 +475,39 @@ def load_workload(
     if arch is not None or data_dir is not None:
         raise WorkloadError("--arch and --data-dir apply to the built-in examples only")
     return _user(model, data, val_limit)
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Labelled batches and the metric that scores outputs on them: all ``validate`` needs of a workload."""
+
+    name: str
+    val: Iterable[Batch]
+    metric: Callable[[np.ndarray, np.ndarray], float] = top1
+
+
+def load_labelled_data(
+    example: str | None = None, data: str | None = None, data_dir: str | None = None
+) -> LabelledData:
+    """The validation split of a built-in example, or the ``val`` batches (and ``metric``) of a user data entry
+    point; no model is built or loaded."""
+    if (example is None) == (data is None):
+        raise WorkloadError("give either an example or a --data entry point (package.module:attribute)")
+    if example is not None:
+        if example not in EXAMPLES:
+            raise WorkloadError(f"unknown example {example!r}; choose one of {', '.join(EXAMPLES)}")
+        if example == "digits" and data_dir is not None:
+            raise WorkloadError("the digits example ships with scikit-learn; --data-dir does not apply")
+        arrays = digits_arrays() if example == "digits" else fashion_mnist_arrays(data_dir)
+        return LabelledData(name=example, val=ArrayLoader(*arrays["val"], batch_size=500))
+    assert data is not None
+    if data_dir is not None:
+        raise WorkloadError("--data-dir applies to the built-in examples only")
+    made = _call(resolve_entry_point(data, "data"), data, "data")
+    if isinstance(made, (tuple, list)):
+        made = dict(zip(("train", "val", "calib", "metric"), made, strict=False))
+    val, _ = _check_iterable(_field(made, "val"), "val", data)
+    metric = _field(made, "metric") or top1
+    if not callable(metric):
+        raise WorkloadError(f"data entry point {data!r}: metric is not callable")
+    return LabelledData(name=data, val=val, metric=metric)
