@@ -1,5 +1,5 @@
 """Reports of edgecompress results: JUnit XML and Markdown for CI, JSON for machines and later baselines, HTML
-for people (a tune run's report.html; one model's page for bench and check)."""
+for people (a tune run's report.html; one model's page for bench, check and validate)."""
 
 from edgecompress.report._files import check_report_target, write_text
 from edgecompress.report._html import (
@@ -17,6 +17,12 @@ from edgecompress.report._html import (
 from edgecompress.report._json import result_json, write_result_json
 from edgecompress.report._junit import junit_error_xml, junit_xml, write_junit, write_junit_error
 from edgecompress.report._markdown import markdown_summary, write_markdown, write_markdown_error
+from edgecompress.report._validate import (
+    validate_report_html,
+    validation_json,
+    validation_markdown,
+    with_validation_case,
+)
 
 __all__ = [
     "REPORT_FILE",
@@ -40,4 +46,8 @@ __all__ = [
     "write_markdown",
     "write_markdown_error",
     "write_text",
+    "validate_report_html",
+    "validation_json",
+    "validation_markdown",
+    "with_validation_case",
 ]
