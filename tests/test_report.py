@@ -307,7 +307,7 @@ def test_dashboard_without_the_package_says_how_to_install_it(run_dir, env):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2
-    assert "optuna-dashboard is not installed; install it with: pip install optuna-dashboard" in done.stderr
+    assert "optuna-dashboard is not installed; install it with: pip install 'edgecompress[dashboard]'" in done.stderr
     assert len(done.stderr.strip().splitlines()) <= 2  # one clear line (wrapped at most once), no traceback
 
 

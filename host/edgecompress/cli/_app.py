@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperArgument, TyperOption
 
 app = typer.Typer(
     name="edgecompress",
@@ -33,13 +36,37 @@ def debug_enabled() -> bool:
     return _state["debug"]
 
 
+# What Rich reads as a markup tag ("[ssh]", "[budgets]", "[/]"), unless a backslash already escapes it.
+_MARKUP_TAG = re.compile(r"(?<!\\)(\[[a-z#/@][^\[]*?\])")
+
+
+def _literal(text: str | None) -> str | None:
+    return None if text is None else _MARKUP_TAG.sub(r"\\\1", text)
+
+
+def literal_help(command: Any) -> Any:
+    """Help texts are plain text: Typer renders them as Rich markup, which would swallow "[tune]" or "[budgets]"."""
+    command.help, command.short_help = _literal(command.help), _literal(command.short_help)
+    for param in command.params:
+        if isinstance(param, (TyperOption, TyperArgument)):
+            param.help = _literal(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        literal_help(sub)
+    return command
+
+
+# The click that Typer runs on: its own copy since Typer 0.22 (whose errors are not the click package's), the click
+# package before. typer.BadParameter derives from that click's ClickException either way.
+_ClickException: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
     """Console entry point."""
     from edgecompress.errors import EdgecompressError
 
     try:
         # Without standalone mode click returns (not raises) the code of typer.Exit.
-        code = app(standalone_mode=False)
+        code = literal_help(typer.main.get_command(app))(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except EdgecompressError as exc:
         if _state["debug"]:
@@ -52,14 +79,12 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # click's usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, typer.Exit):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, _ClickException):
             exc.show()
             sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, typer.Abort):
             err_console.print("aborted")
             sys.exit(130)
         if _state["debug"]:

@@ -6,6 +6,7 @@ import json
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from edgecompress.cli._app import app, console
 from edgecompress.cli._device_options import accept_new_host_option
@@ -28,7 +29,7 @@ def _list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
         return
     table = Table("name", "transport", "runtime", "description")
     for name, profile in sorted(profiles.items()):
-        table.add_row(name, profile.transport, profile.runtime.name, profile.description)
+        table.add_row(*_plain(name, profile.transport, profile.runtime.name, profile.description))
     console.print(table)
 
 
@@ -48,31 +49,33 @@ def info(
     if as_json:
         console.print_json(json.dumps(hello))
         return
-    table = Table("property", "value", show_header=False)
-    table.add_row("board", str(hello.get("board")))
     cpu = hello.get("cpu") or {}
-    table.add_row("cpu", f"{cpu.get('model')} ({cpu.get('arch')}, {cpu.get('count')} cores)")
     mem = (hello.get("memory") or {}).get("total_bytes")
-    table.add_row("memory", f"{mem / 2**30:.1f} GiB" if mem else "unknown")
     python = hello.get("python") or {}
-    table.add_row("python", f"{python.get('version')} ({python.get('executable')})")
-    table.add_row("agent", f"{hello.get('agent_version')} (protocol {hello.get('protocol')})")
+    rows = [
+        ("board", str(hello.get("board"))),
+        ("cpu", f"{cpu.get('model')} ({cpu.get('arch')}, {cpu.get('count')} cores)"),
+        ("memory", f"{mem / 2**30:.1f} GiB" if mem else "unknown"),
+        ("python", f"{python.get('version')} ({python.get('executable')})"),
+        ("agent", f"{hello.get('agent_version')} (protocol {hello.get('protocol')})"),
+    ]
     for runtime in hello.get("runtimes") or []:
-        table.add_row(
-            f"runtime {runtime['name']}", f"{runtime.get('version')}  {', '.join(runtime.get('providers') or [])}"
-        )
+        providers = ", ".join(runtime.get("providers") or [])
+        rows.append((f"runtime {runtime['name']}", f"{runtime.get('version')}  {providers}"))
     if not hello.get("runtimes"):
-        table.add_row("runtimes", "none importable")
+        rows.append(("runtimes", "none importable"))
     sources = hello.get("power_sources") or []
     for source in sources:
         # Which rails make the total and why (the board's power tree), as the agent reads them.
-        table.add_row(
-            f"power {source.get('name', '?')}", str(source.get("note") or ", ".join(source.get("rails") or []))
-        )
+        rails = str(source.get("note") or ", ".join(source.get("rails") or []))
+        rows.append((f"power {source.get('name', '?')}", rails))
     if not sources:
-        table.add_row("power", "none")
+        rows.append(("power", "none"))
     zones = hello.get("thermal_zones") or {}
-    table.add_row("thermal", ", ".join(f"{k} {v:.0f}°C" for k, v in zones.items()) or "none readable")
+    rows.append(("thermal", ", ".join(f"{k} {v:.0f}°C" for k, v in zones.items()) or "none readable"))
+    table = Table("property", "value", show_header=False)
+    for row in rows:
+        table.add_row(*_plain(*row))
     console.print(table)
 
 
@@ -95,8 +98,14 @@ def check(
         styles = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
         table = Table("check", "", "detail", "fix", title=f"device {device}", title_justify="left")
         for item in items:
-            table.add_row(item.name, styles[item.status], item.detail, item.hint)
+            name, detail, hint = _plain(item.name, item.detail, item.hint)
+            table.add_row(name, styles[item.status], detail, hint)
         console.print(table)
     failed = [item.name for item in items if item.status == "fail"]
     if failed:
         raise DeviceError(f"device {device}: {len(failed)} check(s) failed: {', '.join(failed)}")
+
+
+def _plain(*cells: str) -> list[Text]:
+    """Table cells as text, not Rich markup: a fix such as "[power] command = ..." names a profile's table."""
+    return [Text(cell) for cell in cells]

@@ -11,8 +11,8 @@ import typer
 from edgecompress.cli._app import app, console, err_console
 from edgecompress.errors import ConfigError
 
-# No square brackets: the error line is printed as Rich markup, which would swallow "[dashboard]".
-DASHBOARD_MISSING = "optuna-dashboard is not installed; install it with: pip install optuna-dashboard"
+# The README's hint, word for word.
+DASHBOARD_MISSING = "optuna-dashboard is not installed; install it with: pip install 'edgecompress[dashboard]'"
 
 
 @app.command()
