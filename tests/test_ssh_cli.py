@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from sshd import SshServer, bare_python, serve_for_tests, trusted_device, write_profile
+from sshd import SshServer, bare_python, keygen, serve_for_tests, trusted_device, write_profile
 from typer.testing import CliRunner
 
 from edgecompress.cli import app
@@ -21,7 +21,7 @@ from edgecompress.cli._device_options import PROGRESS_MIN_BYTES, upload_progress
 from edgecompress.config import resolve_device
 from edgecompress.device import open_session
 from edgecompress.device._check import check_device
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, DeviceError
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +155,40 @@ def test_a_host_alias_from_the_ssh_config_is_a_device(
         assert session.info["python"]["executable"] == sys.executable
     with pytest.raises(ConfigError, match="unknown device .lab-pj.*Host aliases in ~/.ssh/config: lab-pi"):
         resolve_device("lab-pj", user_dir=tmp_path / "no-profiles")
+
+
+@pytest.mark.parametrize("accept_new_host", [False, True])
+def test_a_known_hosts_that_is_a_directory_is_named_and_not_retried(
+    sshd: SshServer, tmp_path: Path, accept_new_host: bool
+) -> None:
+    folder = tmp_path / "hosts-dir"
+    folder.mkdir()
+    profile = write_profile(sshd, tmp_path, known_hosts=str(folder))
+    flags = ["--accept-new-host"] if accept_new_host else []
+    run = edgecompress("devices", "info", str(profile), *flags)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"known_hosts {folder} is a directory" in lines[0], run.stderr
+    assert "cannot reach" not in run.stderr and "retrying" not in run.stderr
+
+
+@pytest.mark.parametrize("allow_agent", [False, True])
+def test_a_refused_key_names_ssh_agent_only_when_it_was_tried(
+    sshd: SshServer, tmp_path: Path, allow_agent: bool
+) -> None:
+    stranger = keygen(tmp_path / "stranger")
+    profile = write_profile(sshd, tmp_path, identity_file=str(stranger), allow_agent=allow_agent)
+    (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SSH_AUTH_SOCK", raising=False)
+        with pytest.raises(DeviceError, match="authentication as .* failed") as caught:
+            open_session(resolve_device(str(profile)))
+        assert str(stranger) in str(caught.value) and "tried ssh-agent" not in str(caught.value)
+        assert ("allow_agent = false" in str(caught.value)) is not allow_agent, caught.value
+        assert ("SSH_AUTH_SOCK unset" in str(caught.value)) is allow_agent, caught.value
+        # No key at all: the message says whether ssh-agent was asked, as the profile allows.
+        bare = write_profile(sshd, tmp_path / "bare", identity_file=None, allow_agent=allow_agent)
+        (tmp_path / "bare" / "known_hosts").write_text(sshd.known_hosts_line())
+        with pytest.raises(DeviceError, match="no key to log in") as caught:
+            open_session(resolve_device(str(bare)))
+        assert ("allow_agent = false" in str(caught.value)) is not allow_agent, caught.value

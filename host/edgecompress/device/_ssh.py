@@ -218,13 +218,18 @@ class _StrictPolicy(paramiko.MissingHostKeyPolicy):
                 f"{path}); if that fingerprint is right, accept it once with --accept-new-host "
                 f"(or accept_new_host = true in the profile's [ssh] table)"
             )
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
-        needs_newline = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-        # Append, never rewrite: known_hosts may hold comments and hashed entries that paramiko would not keep.
-        with open(path, "a", encoding="utf-8") as handle:
-            os.chmod(path, 0o600)
-            handle.write(("\n" if needs_newline else "") + line)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            needs_newline = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+            # Append, never rewrite: known_hosts may hold comments and hashed entries that paramiko would not keep.
+            with open(path, "a", encoding="utf-8") as handle:
+                os.chmod(path, 0o600)
+                handle.write(("\n" if needs_newline else "") + line)
+        except OSError as exc:  # a local file that cannot be written: the user's to fix, not a link to retry
+            raise ConfigError(
+                f"cannot add the host key of {self.target.display} to known_hosts {path}: {exc.strerror or exc}"
+            ) from exc
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
@@ -235,12 +240,17 @@ def _load_known_hosts(path: Path, known: paramiko.HostKeys, revoked: set[str]) -
     @revoked) or a key it cannot parse; such lines are skipped here, except that revoked keys are remembered so that
     --accept-new-host cannot let them in.
     """
-    if not path.is_file():
+    if not path.exists():
         return
+    if not path.is_file():
+        raise ConfigError(
+            f"known_hosts {path} is {_what(path)}, not a file; point known_hosts in the profile's [ssh] "
+            "table (or UserKnownHostsFile in the ssh config) at a file"
+        )
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise DeviceError(f"cannot read known hosts {path}: {exc}") from exc
+        raise ConfigError(f"cannot read known_hosts {path}: {exc.strerror or exc}") from exc
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -257,6 +267,10 @@ def _load_known_hosts(path: Path, known: paramiko.HostKeys, revoked: set[str]) -
         if entry is not None and entry.key is not None:
             for name in entry.hostnames:
                 known.add(name, entry.key.get_name(), entry.key)
+
+
+def _what(path: Path) -> str:
+    return "a directory" if path.is_dir() else "not a regular file"
 
 
 def _tune_socket(sock: Any, keepalive_s: float) -> None:
@@ -396,10 +410,12 @@ def _connect_client(client: paramiko.SSHClient, target: SshTarget, sock: Any) ->
         ) from exc
     except paramiko.AuthenticationException as exc:
         client.close()
-        tried = ", ".join(keys) or "default keys"
+        agent = _agent_state(target)
+        tried = ("ssh-agent and " if agent is None else "") + (", ".join(keys) or "default keys")
         raise DeviceError(
-            f"authentication as {target.user} on {where} failed (tried ssh-agent and {tried}): add your "
-            f"public key to ~/.ssh/authorized_keys there, e.g. `ssh-copy-id -p {target.port} "
+            f"authentication as {target.user} on {where} failed (tried {tried}"
+            + (f"; {agent}" if agent else "")
+            + f"): add your public key to ~/.ssh/authorized_keys there, e.g. `ssh-copy-id -p {target.port} "
             f"{target.user}@{target.hostname}`"
         ) from exc
     except paramiko.SSHException as exc:
@@ -407,7 +423,7 @@ def _connect_client(client: paramiko.SSHClient, target: SshTarget, sock: Any) ->
             client.close()
             raise _unreachable(where, exc, target.connect_timeout_s) from exc
         client.close()
-        agent = "ssh-agent holds no key" if os.environ.get("SSH_AUTH_SOCK") else "no ssh-agent (SSH_AUTH_SOCK unset)"
+        agent = _agent_state(target) or "ssh-agent holds no key"
         raise DeviceError(
             f"no key to log in to {where} with: no identity file found and {agent}; set "
             "identity_file in the profile, IdentityFile in ~/.ssh/config, or `ssh-add` a key"
@@ -418,6 +434,15 @@ def _connect_client(client: paramiko.SSHClient, target: SshTarget, sock: Any) ->
     except (OSError, EOFError) as exc:
         client.close()
         raise _unreachable(where, exc, target.connect_timeout_s) from exc
+
+
+def _agent_state(target: SshTarget) -> str | None:
+    """Why ssh-agent was not asked for a key, or None when it was."""
+    if not target.allow_agent:
+        return "ssh-agent not asked (allow_agent = false in the profile)"
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        return "no ssh-agent (SSH_AUTH_SOCK unset)"
+    return None
 
 
 def _unreachable(where: str, exc: BaseException, timeout_s: float) -> ConnectionLost:
