@@ -145,15 +145,35 @@ def builtin_profiles() -> dict[str, DeviceProfile]:
     return found
 
 
-def all_profiles(user_dir: Path | None = None) -> dict[str, DeviceProfile]:
-    """Built-in profiles, overridden by same-named ones in the user's config folder."""
+def profile_catalog(user_dir: Path | None = None) -> tuple[dict[str, DeviceProfile], dict[str, ConfigError]]:
+    """Built-in profiles overridden by same-named ones in the user's config folder, and the user's profiles that
+    do not load (by the name they give, else their file's stem) with the error that says why.
+
+    A broken profile is an error only when it is the device asked for: one bad file must not stop every device.
+    """
     profiles = builtin_profiles()
+    broken: dict[str, ConfigError] = {}
     folder = user_dir or USER_PROFILE_DIR
     if folder.is_dir():
         for path in sorted(folder.glob("*.toml")):
-            profile = parse_profile(read_config_text(path), str(path))
+            try:
+                profile = parse_profile(read_config_text(path), str(path))
+            except ConfigError as exc:
+                broken[_intended_name(path)] = exc
+                continue
             profiles[profile.name] = profile
-    return profiles
+    for name in broken:
+        profiles.pop(name, None)  # a broken override of a built-in is not silently the built-in
+    return profiles, broken
+
+
+def _intended_name(path: Path) -> str:
+    """The name a profile file gives itself, read as far as it can be, else the file's stem."""
+    try:
+        name = tomllib.loads(path.read_text(encoding="utf-8")).get("name")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return path.stem
+    return name if isinstance(name, str) and name else path.stem
 
 
 def resolve_device(spec: str, user_dir: Path | None = None) -> DeviceProfile:
@@ -163,7 +183,9 @@ def resolve_device(spec: str, user_dir: Path | None = None) -> DeviceProfile:
         if not path.is_file():
             raise ConfigError(f"device profile {spec} does not exist")
         return parse_profile(read_config_text(path), spec)
-    profiles = all_profiles(user_dir)
+    profiles, broken = profile_catalog(user_dir)
+    if spec in broken:
+        raise broken[spec]
     if spec in profiles:
         return profiles[spec]
     match = _AD_HOC.match(spec)

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from edgecompress.cli._app import app, console
 from edgecompress.cli._device_options import accept_new_host_option
-from edgecompress.config import all_profiles, resolve_device
+from edgecompress.config import profile_catalog, resolve_device
 from edgecompress.device import open_session
 from edgecompress.errors import DeviceError
 
@@ -23,13 +23,19 @@ def _list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
     """List the device profiles (built-in and ~/.config/edgecompress/profiles)."""
     if ctx.invoked_subcommand is not None:
         return
-    profiles = all_profiles()
+    profiles, broken = profile_catalog()
     if as_json:
-        console.print_json(json.dumps({name: p.model_dump() for name, p in profiles.items()}))
+        listing = {name: p.model_dump() for name, p in profiles.items()}
+        listing.update({name: {"broken": str(error)} for name, error in broken.items()})
+        console.print_json(json.dumps(dict(sorted(listing.items()))))
         return
     table = Table("name", "transport", "runtime", "description")
-    for name, profile in sorted(profiles.items()):
-        table.add_row(*_plain(name, profile.transport, profile.runtime.name, profile.description))
+    rows = [_plain(name, p.transport, p.runtime.name, p.description) for name, p in profiles.items()]
+    rows += [
+        [Text(name), Text("?"), Text("?"), Text(f"broken: {error}", style="red")] for name, error in broken.items()
+    ]
+    for row in sorted(rows, key=lambda cells: cells[0].plain):
+        table.add_row(*row)
     console.print(table)
 
 
