@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from . import __version__, runtimes, system
+from . import __version__, housekeeping, runtimes, system
 from .server import Agent, default_cache_dir
 
 
@@ -15,9 +15,13 @@ def _serve(args):
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     inp = os.fdopen(os.dup(0), "rb")
+    housekeeping.sweep(args.cache_dir)
     agent = Agent(inp, out, cache_dir=args.cache_dir, cache_max_bytes=int(args.cache_max_mb * 1024 * 1024),
                   sysfs_root=args.sysfs_root)
-    return agent.serve()
+    try:
+        return agent.serve()
+    finally:
+        housekeeping.forget_pid(args.cache_dir)
 
 
 def _info(args):

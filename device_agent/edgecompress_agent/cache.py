@@ -6,7 +6,7 @@ import re
 
 from .protocol import FrameError
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # fullmatch: "$" would also match before a trailing newline
 
 
 class ModelChanged(FrameError):
@@ -16,7 +16,7 @@ class ModelChanged(FrameError):
 
 
 def check_sha256(value):
-    if not isinstance(value, str) or not _SHA256.match(value):
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
         raise FrameError("sha256 must be 64 lowercase hex digits, got {!r}".format(value))
     return value
 
@@ -86,18 +86,26 @@ class ModelCache(object):
         if actual != sha256:
             os.remove(partial)
             raise FrameError("sha256 mismatch: announced {}, received bytes hash to {}".format(sha256, actual))
-        self._make_room(size)
+        self._make_room()
         os.rename(partial, self.path(sha256))
         return True, received
 
-    def _make_room(self, incoming):
+    def _make_room(self):
+        """Evict the least recently used models until the cache fits its bound, partial uploads counted: the one
+        about to be published, and other hosts' (not evicted: their hosts are sending them)."""
         entries = []
+        uploading = 0
         for name in os.listdir(self.root):
-            if name.endswith(".model"):
-                full = os.path.join(self.root, name)
+            full = os.path.join(self.root, name)
+            try:
                 stat = os.stat(full)
+            except OSError:
+                continue  # removed meanwhile
+            if name.endswith(".model"):
                 entries.append((stat.st_mtime, stat.st_size, full))
-        total = sum(e[1] for e in entries) + incoming
+            elif name.endswith(".part"):
+                uploading += stat.st_size
+        total = sum(e[1] for e in entries) + uploading
         for _, size, full in sorted(entries):
             if total <= self.max_bytes:
                 break
