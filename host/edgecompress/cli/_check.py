@@ -104,8 +104,28 @@ def check(
             help="Trust an SSH host key not yet in known_hosts (and remember it), like OpenSSH's accept-new.",
         ),
     ] = False,
+    validate: Annotated[
+        bool,
+        typer.Option(
+            "--validate",
+            help="Also run the model on the device and on the host on the same samples (--example or --data) and "
+            "fail below --min-agreement top-1 agreement: a JUnit test case of its own.",
+        ),
+    ] = False,
+    example: Annotated[str | None, typer.Option(help="--validate's samples: a built-in example.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="--validate's samples: a data entry point package.module:attribute.")
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Fashion-MNIST's folder for --example fashion-mnist.")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="--validate compares on this many samples.")] = 1000,
+    min_agreement: Annotated[
+        float, typer.Option(min=0, max=1, help="--validate fails below this top-1 agreement.")
+    ] = 0.99,
 ) -> None:
     """Measure MODEL on a device, apply every budget and test for a slowdown against a baseline (for nightly CI)."""
+    from edgecompress.cli import _validate as parity_check
+
+    labelled = parity_check.labelled_for_check(validate, example, data, data_dir)  # no device time for a data error
     settings = load_check_config(config)
     device_name = device or settings.device
     if device_name is None:
@@ -160,21 +180,45 @@ def check(
             write_markdown_error(model_name, profile.name, str(exc), markdown)
         raise
 
+    parity = None
+    if labelled is not None:
+        parity = parity_check.validate_after_check(
+            profile,
+            artifact,
+            labelled,
+            model_name=model_name,
+            samples=samples,
+            min_agreement=min_agreement,
+            accept_new_host=accept_new_host,
+        )
+        result = parity_check.with_parity(result, parity)
+
     if junit:
-        write_junit(result, junit)
+        if parity is None:
+            write_junit(result, junit)
+        else:
+            parity_check.write_check_junit(result, parity, junit)
     if json_path:
         write_result_json(result, json_path)
     if markdown:
-        write_markdown(result, markdown)
+        if parity is None:
+            write_markdown(result, markdown)
+        else:
+            parity_check.write_check_markdown(result, parity, markdown)
     if html:
         write_html(check_report_html(result, base, command=shlex.join(["edgecompress", *sys.argv[1:]])), html)
     if history_path is not None:
         append_result(history_path, result)
     if "-" not in (junit, json_path, markdown, html):  # stdout belongs to the report that was asked for there
         _print_result(result)
+        if parity is not None:
+            parity_check.print_parity(parity)
     for line in result.problems():
         err_console.print(line, highlight=False, soft_wrap=True, markup=False)
-    sys.exit(result.exit_code)
+    if parity is None:
+        sys.exit(result.exit_code)
+    parity_check.print_parity_problem(parity)
+    sys.exit(parity_check.combined_exit_code(result.exit_code, parity))
 
 
 def _print_result(result: CheckResult) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgecompress.artifact import Artifact, load_artifact
@@ -15,9 +18,23 @@ from edgecompress.cli._app import app, console, err_console
 from edgecompress.cli._device_options import accept_new_host_option
 from edgecompress.config import DeviceProfile, resolve_device
 from edgecompress.device import check_runtime, open_session
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, DeviceError
+from edgecompress.gate import CheckResult
+from edgecompress.report import (
+    junit_xml,
+    markdown_summary,
+    validation_json,
+    validation_markdown,
+    with_validation_case,
+    write_text,
+)
 from edgecompress.validate import DEFAULT_MIN_AGREEMENT, DEFAULT_SAMPLES, ValidationResult, validate_model
-from edgecompress.workload import LabelledData, load_labelled_data
+
+if TYPE_CHECKING:
+    from edgecompress.workload import LabelledData
+
+# (result, None), or (None, why the device failed): the parity check of check --validate.
+Parity = tuple[ValidationResult | None, str | None]
 
 VALIDATE_EXIT_CODES = (
     "Exit codes: 0 the device's top-1 classes agree with the host's on at least --min-agreement of the samples; "
@@ -105,6 +122,8 @@ def validate(
     profile = resolve_device(device)
     artifact = load_artifact(model)
     check_sha256(artifact, model, sha256)
+    from edgecompress.workload import load_labelled_data  # torch: imported only by the commands that read data
+
     labelled = load_labelled_data(example=example, data=data, data_dir=data_dir)
     if html is not None:
         from edgecompress.report import check_report_target
@@ -155,3 +174,91 @@ def print_validation(result: ValidationResult) -> None:
     console.print(table)
     verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"
     console.print(f"{verdict} (minimum agreement {result.min_agreement:.2%})")
+
+
+# -- check --validate ----------------------------------------------------------------------------------------------
+
+
+def labelled_for_check(
+    validate: bool, example: str | None, data: str | None, data_dir: str | None
+) -> LabelledData | None:
+    """The samples ``check --validate`` compares on, read before any device time; None without --validate."""
+    if not validate:
+        if example or data or data_dir:
+            raise ConfigError("--example, --data and --data-dir choose the samples of --validate; add --validate")
+        return None
+    if not example and not data:
+        raise ConfigError("--validate needs samples: --example NAME or --data package.module:attribute")
+    from edgecompress.workload import load_labelled_data
+
+    return load_labelled_data(example=example, data=data, data_dir=data_dir)
+
+
+def validate_after_check(
+    profile: DeviceProfile,
+    artifact: Artifact,
+    labelled: LabelledData,
+    *,
+    model_name: str,
+    samples: int,
+    min_agreement: float,
+    accept_new_host: bool,
+) -> Parity:
+    """The parity check of ``check --validate``: (result, None), or (None, why) when the device failed."""
+    try:
+        validation = run_validation(
+            profile,
+            artifact,
+            labelled,
+            model_name=model_name,
+            samples=samples,
+            batch=None,
+            threads=None,
+            min_agreement=min_agreement,
+            seed=0,
+            accept_new_host=accept_new_host,
+        )
+    except DeviceError as exc:
+        return None, str(exc)
+    return validation, None
+
+
+def with_parity(result: CheckResult, parity: Parity) -> CheckResult:
+    """The check's result with the parity check in its JSON (``extra.validation``), so history and CI keep it."""
+    return replace(result, extra={**result.extra, "validation": validation_json(*parity)})
+
+
+def write_check_junit(result: CheckResult, parity: Parity, path: str) -> None:
+    write_text(path, with_validation_case(junit_xml(result), *parity))
+
+
+def write_check_markdown(result: CheckResult, parity: Parity, path: str) -> None:
+    write_text(path, markdown_summary(result) + validation_markdown(*parity))
+
+
+def print_parity(parity: Parity) -> None:
+    validation, error = parity
+    if error is not None:
+        console.print(f"validate: [yellow]error[/] {escape(error)}", highlight=False)
+    elif validation is not None:
+        verdict = "[green]pass[/]" if validation.passed else "[red]FAIL[/]"
+        console.print(f"validate: {verdict} {escape(validation.describe())}", highlight=False)
+
+
+def print_parity_problem(parity: Parity) -> None:
+    """One line on stderr when the parity check failed or could not run, as check names its failures."""
+    validation, error = parity
+    if error is not None:
+        err_console.print(f"ERROR validate: {error}", highlight=False, soft_wrap=True, markup=False)
+    elif validation is not None and not validation.passed:
+        err_console.print(f"FAIL validate: {validation.describe()}", highlight=False, soft_wrap=True, markup=False)
+
+
+def combined_exit_code(check_code: int, parity: Parity) -> int:
+    """The check's exit code, unless the parity check did not pass: 1 when it failed, 3 when the device failed (a
+    failed budget stays 1)."""
+    validation, error = parity
+    code = 3 if error is not None else (validation.exit_code if validation is not None else 0)
+    if code == 0 or check_code == 1:
+        return check_code
+    return code
