@@ -10,9 +10,10 @@ from edgecompress.analysis._regression import (
     compare_values,
     sample_statistic,
 )
-from edgecompress.analysis._tail import PROBABILITIES, IidCheck, TailEstimate, iid_check, pwcet
+from edgecompress.analysis._tail import CONSERVATIVE, PROBABILITIES, IidCheck, TailEstimate, iid_check, pwcet
 
 __all__ = [
+    "CONSERVATIVE",
     "PROBABILITIES",
     "EnergyStats",
     "IidCheck",

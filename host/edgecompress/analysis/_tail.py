@@ -9,8 +9,9 @@ pWCET at exceedance probability p is the latency x with P(one run > x) = p. Two 
 - Block maxima: the maxima of blocks of B runs fitted by a Gumbel, or by a GEV when a likelihood-ratio test
   says the shape is not 0; P(block max > x) = 1 - (1-p)^B converts to a per-run probability.
 
-EVT needs i.i.d. runs: Ljung-Box on the series and a two-sample KS test between its halves. When they reject, or the
-sample is too small, the estimate falls back to the observed maximum and says so.
+EVT needs i.i.d. runs: Ljung-Box on the series and a two-sample KS test between its halves. When they reject, the
+estimate must not fall because the data got worse: it is the largest of every projection the sample gives and its
+observed maximum ("conservative"), named as such. A sample too small for EVT gives its observed maximum.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from scipy import stats
 
 PROBABILITIES = (1e-3, 1e-6, 1e-9)
+CONSERVATIVE = "conservative"
 MIN_SAMPLES = 500  # below this the tail holds too few points for an EVT fit
 ALPHA = 0.05
 
@@ -186,7 +188,7 @@ class TailEstimate:
     """pWCET of one latency sample, in ms, with how it was obtained and whether it can be trusted."""
 
     count: int
-    method: str  # "mbpta-cv", "gumbel", "gev", or "observed-max" (the fallback)
+    method: str  # "mbpta-cv", "gumbel", "gev", "conservative" (runs not i.i.d.), or "observed-max" (too few runs)
     pwcet_ms: dict[float, float]
     observed_max_ms: float
     iid: IidCheck | None
@@ -258,6 +260,15 @@ def _quantile(
         return exponential.quantile(p, sample)
     if method in ("gumbel", "gev") and maxima is not None:
         return maxima.quantile(p)
+    if method == CONSERVATIVE:
+        # Runs that are not i.i.d.: no single projection can be trusted, and the observed maximum alone would make
+        # a noisier sample look better. The largest of them all never falls when the data gets worse.
+        candidates = [observed_max]
+        if exponential is not None:
+            candidates.append(exponential.quantile(p, sample))
+        if maxima is not None:
+            candidates.append(maxima.quantile(p))
+        return max(candidates)
     return observed_max
 
 
@@ -300,8 +311,11 @@ def pwcet(
         method = "observed-max"
         notes.insert(0, f"only {x.size} runs (EVT needs {min_samples}): pWCET is the observed maximum")
     elif iid is not None and not iid.passed:
-        method = "observed-max"
-        notes.insert(0, f"{iid.verdict()}: pWCET is the observed maximum, not an EVT estimate")
+        method = CONSERVATIVE
+        notes.insert(
+            0,
+            f"{iid.verdict()}: pWCET is the largest of the EVT projections and the observed maximum (conservative)",
+        )
     values = {p: _quantile(method, exponential, maxima, p, x, observed) for p in probabilities}
     return TailEstimate(
         count=int(x.size),
