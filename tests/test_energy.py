@@ -181,35 +181,6 @@ def test_a_throttled_measurement_that_recovers_is_not_flagged(tmp_path, tiny_onn
     assert "throttled" not in obs.flags and "repeated_after_throttling" in obs.flags
 
 
-class ScriptedDevice:
-    """Stands in for a Session where a test needs known latencies in a known order (a real device is random)."""
-
-    def __init__(self, samples: list[list[int]]):
-        self.samples = samples
-        self.calls = 0
-
-    def measure(self, sha256, spec):
-        self.calls += 1
-        return Measurement(sha256, tuple(self.samples[self.calls - 1]), 0, 0, {})
-
-
-def test_confident_feasibility_measures_again_while_the_interval_straddles():
-    rng = np.random.default_rng(0)
-    parts = [(rng.normal(10, 1, 200) * 1e6).astype(int).tolist() for _ in range(4)]
-    budgets = parse_budgets(["latency.mean<=10ms", "latency.p99<=100ms"])
-    device = ScriptedDevice(parts)
-    obs = observe(
-        device, "0" * 64, 1, None, budgets, thresholds={"latency.mean": 10.0, "latency.p99": 100.0}, max_extra=2
-    )
-    confidence = obs.details["confidence"]
-    assert device.calls == 3 and confidence["extra_measurements"] == 2
-    assert confidence["straddled"] == ["latency.mean"] and confidence["extra_runs"] == 400
-    assert obs.latency.count == 600 and len(obs.extra_measurements) == 2
-    far = ScriptedDevice(parts)
-    obs = observe(far, "0" * 64, 1, None, budgets, thresholds={"latency.mean": 50.0})
-    assert far.calls == 1 and obs.details["confidence"]["extra_measurements"] == 0
-
-
 def test_bench_prints_tail_and_energy_on_a_fixture_device(tmp_path, tiny_onnx):
     root = orin_nano_jp6(tmp_path / "root")
     toml = tmp_path / "orin.toml"

@@ -159,7 +159,8 @@ def test_a_budget_no_candidate_meets_exits_1_and_says_so(tmp_path, env):
     assert "budgets: " in result.stdout
     assert "size<=1kB" in result.stdout
     assert "latency.p50<=3x" in result.stdout
-    assert json.loads((out / "results.json").read_text())["final"] == {"met": False}
+    final = json.loads((out / "results.json").read_text())["final"]
+    assert final["met"] is False and final["outcome"] == "not met"
     assert not (out / "model.onnx").exists()
 
 
@@ -306,7 +307,7 @@ def test_a_host_checked_budget_spends_no_device_time(tmp_path, env, monkeypatch)
     )
     result = run_tune(config, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert not result.met and results["final"] == {"met": False}
+    assert not result.met and results["final"]["met"] is False
     for trial in results["trials"]:
         assert trial["feasible"] is False and trial["latency"] is None and trial["constraints"]["size"] > 0
     # A second run in the same process logs to its own folder only.

@@ -10,9 +10,10 @@ import pytest
 
 from edgecompress import verdict
 from edgecompress.budgets import parse_budget
-from edgecompress.device import Measurement
+from edgecompress.config import resolve_device
+from edgecompress.device import Measurement, measure_request
 from edgecompress.gate._run import apply_budget
-from edgecompress.observe import pooled_evidence
+from edgecompress.observe import Reference, observe
 
 
 def test_judge_met_over_and_missing():
@@ -65,22 +66,84 @@ def test_ratios_to_a_reference_and_slower_on_every_budget():
     assert not verdict.slower_on_every({}, 0.1)
 
 
-def _evidence(latencies_ms: np.ndarray):
-    ns = tuple(int(x * 1e6) for x in latencies_ms)
-    return pooled_evidence(1000, [Measurement("0" * 64, ns, 1000, 2000, {})])
+class ScriptedDevice:
+    """Stands in for a Session where a test needs known latencies in a known order (a real device is random): each
+    model's windows come from its own list, and every call is logged."""
+
+    def __init__(self, windows: dict[str, list[list[float]]]):
+        self.windows = {sha: list(w) for sha, w in windows.items()}
+        self.calls: list[str] = []
+
+    def measure(self, sha256, spec):
+        self.calls.append(sha256)
+        latencies_ms = self.windows[sha256].pop(0)
+        return Measurement(sha256, tuple(int(x * 1e6) for x in latencies_ms), 0, 0, {})
 
 
-def test_another_window_only_while_the_interval_straddles_the_threshold():
-    rng = np.random.default_rng(3)
-    evidence = _evidence(2.0 * rng.lognormal(0.0, 0.05, 200))
-    budgets = [parse_budget("latency.p50<=1ms"), parse_budget("latency.mean<=1ms")]
-    low, high = verdict.confidence_interval(evidence, budgets[0], 0.95)
-    assert low < 2.0 < high
-    assert verdict.straddling(evidence, budgets, {"latency.p50": 5.0, "latency.mean": 0.5}, 0.95) == []
-    assert verdict.straddling(evidence, budgets, {"latency.p50": 2.0, "latency.mean": 2.0}, 0.95) == [
-        "latency.p50",
-        "latency.mean",
-    ]
-    assert verdict.straddling(evidence, budgets, None, 0.95) == []
-    # A budget the device cannot give an interval for (size) is never straddling.
-    assert verdict.straddling(evidence, [parse_budget("size<=1kB")], {"size": 1000.0}, 0.95) == []
+def windows_around(median_ms: float, spreads: list[float], n: int = 200, seed: int = 0) -> list[list[float]]:
+    """Windows whose typical latency moves by the given factors (a loaded device), each with a little noise."""
+    rng = np.random.default_rng(seed)
+    return [list(median_ms * f * rng.lognormal(0.0, 0.02, n)) for f in spreads]
+
+
+A, B = "a" * 64, "b" * 64
+REQUEST = measure_request(resolve_device("local"))
+
+
+def test_a_clear_budget_is_decided_in_the_minimum_of_windows():
+    device = ScriptedDevice({A: windows_around(10.0, [1.0, 1.05, 0.95, 1.0])})
+    budgets = [parse_budget("latency.p50<=20ms"), parse_budget("latency.p99<=5ms")]
+    obs = observe(device, A, 1, REQUEST, budgets, thresholds={"latency.p50": 20.0, "latency.p99": 5.0})
+    assert device.calls == [A, A]
+    assert obs.decisions["latency.p50"].outcome == verdict.MET
+    assert obs.decisions["latency.p50"].upper < 20.0
+    assert obs.decisions["latency.p99"].outcome == verdict.VIOLATED
+    assert obs.decisions["latency.p99"].lower > 5.0
+    assert obs.details["windows"]["count"] == 2
+
+
+def test_an_unclear_budget_takes_more_windows_and_ends_inconclusive_never_met():
+    factors = [0.9, 1.1, 0.95, 1.08, 0.92, 1.05, 1.0, 0.97]
+    device = ScriptedDevice({A: windows_around(10.0, factors)})
+    budget = parse_budget("latency.p50<=10ms")
+    plan = verdict.WindowPlan(min_windows=2, max_windows=5)
+    obs = observe(device, A, 1, REQUEST, [budget], thresholds={"latency.p50": 10.0}, windows=plan)
+    decision = obs.decisions["latency.p50"]
+    assert len(device.calls) == 5
+    assert decision.outcome == verdict.INCONCLUSIVE and not decision.met
+    assert decision.lower < 10.0 < decision.upper
+    assert "inconclusive" in decision.describe("ms")
+    # The pooled sample holds every window.
+    assert obs.latency.count == 5 * 200
+
+
+def test_a_relative_budget_is_judged_on_alternating_windows_of_the_original():
+    # The device slows down by half between windows: against an L0 taken in a quiet minute the candidate would
+    # look as slow as the original; in pairs its ratio is 0.7 every time.
+    load = [1.0, 1.5, 1.5, 1.0]
+    device = ScriptedDevice({A: windows_around(10.0, load, seed=1), B: windows_around(7.0, load, seed=2)})
+    budget = parse_budget("latency.p50<=0.8x")
+    reference = Reference(A, 1, frozenset({"latency.p50"}))
+    obs = observe(device, B, 1, REQUEST, [budget], thresholds={"latency.p50": 0.8}, reference=reference)
+    decision = obs.decisions["latency.p50"]
+    assert decision.paired and decision.outcome == verdict.MET
+    assert decision.value == pytest.approx(0.7, rel=0.02)
+    assert device.calls == [A, B, B, A]  # the original first, then the candidate first
+    assert len(obs.details["windows"]["reference_values"]["latency.p50"]) == 2
+
+
+def test_a_budget_the_device_cannot_report_fails_with_no_value():
+    device = ScriptedDevice({A: windows_around(10.0, [1.0, 1.0])})
+    budget = parse_budget("energy<=1mJ")
+    obs = observe(device, A, 1, REQUEST, [budget], thresholds={"energy": 1.0})
+    decision = obs.decisions["energy"]
+    assert decision.outcome == verdict.VIOLATED and decision.value is None and decision.violation > 0
+
+
+def test_window_bounds_are_one_sided_t_bounds_on_the_log_scale():
+    center, lower, upper = verdict.window_bounds([10.0, 10.0, 10.0], 0.95)
+    assert center == pytest.approx(10.0) and lower == pytest.approx(10.0) and upper == pytest.approx(10.0)
+    center, lower, upper = verdict.window_bounds([8.0, 12.0], 0.95)
+    assert center == pytest.approx(math.sqrt(96))
+    assert lower < 8.0 and upper > 12.0  # two windows that disagree by 50% decide nothing near them
+    assert verdict.window_bounds([5.0], 0.95)[1:] == (None, None)

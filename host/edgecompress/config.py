@@ -254,6 +254,13 @@ class TuneConfig(_Strict):
     # How long a device that stopped answering is waited for before the run stops (a Pi or a Jetson reboots in
     # 30-90 s); the trial it was measuring is then measured again, not lost.
     device_wait_s: float = Field(default=300.0, ge=0)
+    # Verdicts: a budget is met when the one-sided bound at this confidence is under it, from at least min_windows
+    # and at most max_windows measurement windows (more only while undecided); the final answer may take
+    # confirm_windows (docs/verdicts.md).
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    min_windows: int = Field(default=2, ge=1, le=100)
+    max_windows: int = Field(default=6, ge=1, le=100)
+    confirm_windows: int = Field(default=10, ge=1, le=200)
 
 
 def load_tune_config(path: Path | None, overrides: dict) -> TuneConfig:

@@ -1,8 +1,9 @@
-"""From a device measurement to an observation: every metric value a budget can constrain, plus the raw data.
+"""From device measurements to an observation: every metric value a budget can constrain, the raw data, and (with
+thresholds) one Decision per device budget from repeated windows.
 
-With thresholds, ``observe`` measures again while the verdict says a budget is still undecided (its 95% confidence
-interval straddles the threshold), a bounded number of times, pools the measurements, and records how often that
-happened and what it cost. It decides nothing itself: ``edgecompress.verdict`` does.
+A window is one ``measure`` request. With thresholds, ``observe`` takes windows while the verdict says a budget is
+still undecided, within a WindowPlan; a budget relative to the original is measured in windows alternating with the
+original's and judged on the paired ratio. It decides nothing itself: ``edgecompress.verdict`` does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgecompress.analysis import (
+    CONSERVATIVE,
     EnergyStats,
     LatencyStats,
     TailEstimate,
@@ -24,7 +26,7 @@ from edgecompress.analysis import (
 )
 from edgecompress.budgets import METRICS, Budget, Evidence
 from edgecompress.device import Measurement, MeasureRequest, Session
-from edgecompress.verdict import straddling
+from edgecompress.verdict import Decision, WindowPlan, all_decided, decide
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Observation:
     tail: TailEstimate | None = None
     energy: EnergyStats | None = None  # None: the device has no power source ("unavailable", never zero)
     extra_measurements: tuple[Measurement, ...] = ()
+    decisions: dict[str, Decision] = field(default_factory=dict)  # per judged device budget
 
     def value(self, budget: Budget) -> float | None:
         return self.values.get(budget.key)
@@ -55,6 +58,7 @@ class Observation:
             "details": self.details,
             "tail": self.tail.to_json() if self.tail else None,
             "energy": self.energy.to_json() if self.energy else None,
+            "decisions": {k: d.to_json() for k, d in self.decisions.items()},
         }
         if with_raw:
             data["measurement"] = self.measurement.to_json()
@@ -105,6 +109,8 @@ def _flags(evidence: Evidence, parts: Sequence[Measurement]) -> tuple[str, ...]:
         flags.append("iid_failed")
     if tail is not None and tail.fallback:
         flags.append("pwcet_is_observed_max")
+    if tail is not None and tail.method == CONSERVATIVE:
+        flags.append("pwcet_conservative")
     energy = evidence.energy
     if energy is not None and energy.partial:
         flags.append("power_partial")
@@ -132,6 +138,20 @@ def _thermal(raw: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The original model on the device: for the budgets in ``keys`` (relative to it), each window of the candidate
+    is paired with a window of the original in the same session, in alternating order, and judged on the ratio."""
+
+    sha256: str
+    size_bytes: int
+    keys: frozenset[str]
+
+
+def _window_values(size_bytes: int, window: Measurement, budgets: Sequence[Budget]) -> dict[str, float | None]:
+    return {b.key: b.value(pooled_evidence(size_bytes, [window])) for b in budgets}
+
+
 def observe(
     session: Session,
     sha256: str,
@@ -139,40 +159,63 @@ def observe(
     spec: MeasureRequest,
     budgets: Iterable[Budget] = (),
     thresholds: Mapping[str, float] | None = None,
-    max_extra: int = 2,
-    level: float = 0.95,
+    windows: WindowPlan | None = None,
+    reference: Reference | None = None,
 ) -> Observation:
-    """Measure a model the agent holds and compute every metric from it.
+    """Measure a model the agent holds in one or more windows and compute every metric from them, pooled.
 
-    ``thresholds`` maps a budget's key (``latency.p99``, ``latency.pwcet@1e-06``) or metric name to the threshold
-    it is judged against now; while a budget's confidence interval straddles it, up to ``max_extra`` more
-    measurements are taken and pooled. ``details['confidence']`` records how many and what they cost.
+    With ``thresholds`` (a budget's key -> the threshold it is judged against now; a ratio for the keys of
+    ``reference``), each device budget gets a Decision from the per-window values (``verdict.decide``): windows are
+    added while any budget is undecided, within ``windows`` (default WindowPlan()). Without thresholds, one window
+    (or ``windows.min_windows``) and no decisions. The loop only measures; the verdict decides.
     """
     budgets = list(budgets)
-    parts = [session.measure(sha256, spec)]
-    straddled: list[str] = []
-    extra_seconds = 0.0
+    judged = [b for b in budgets if not b.spec.on_host and thresholds and b.key in thresholds]
+    if windows is not None:
+        plan = windows
+    else:
+        plan = WindowPlan() if judged else WindowPlan(min_windows=1, max_windows=1)
+    parts: list[Measurement] = []
+    per_window: list[dict[str, float | None]] = []
+    reference_windows: list[dict[str, float | None]] = []
+    paired = [b for b in judged if reference is not None and b.key in reference.keys]
+    decisions: dict[str, Decision] = {}
+    started = time.monotonic()
     while True:
-        evidence = pooled_evidence(size_bytes, parts)
-        # Whether another window is worth its device time is the verdict's call; this loop only measures.
-        now = straddling(evidence, budgets, thresholds, level)
-        if not now or len(parts) > max_extra:
+        k = len(parts)
+        if paired and reference is not None:
+            # Alternate which goes first, so a slow start or a steady drift favours neither model.
+            if k % 2 == 0:
+                reference_windows.append(
+                    _window_values(reference.size_bytes, session.measure(reference.sha256, spec), paired)
+                )
+                parts.append(session.measure(sha256, spec))
+            else:
+                parts.append(session.measure(sha256, spec))
+                reference_windows.append(
+                    _window_values(reference.size_bytes, session.measure(reference.sha256, spec), paired)
+                )
+        else:
+            parts.append(session.measure(sha256, spec))
+        per_window.append(_window_values(size_bytes, parts[-1], judged))
+        decisions = _decisions(judged, thresholds or {}, per_window, reference_windows, paired, plan.confidence)
+        spent = time.monotonic() - started
+        if len(parts) >= plan.max_windows or (plan.max_seconds is not None and spent >= plan.max_seconds):
             break
-        straddled.extend(k for k in now if k not in straddled)
-        t0 = time.monotonic()
-        parts.append(session.measure(sha256, spec))
-        extra_seconds += time.monotonic() - t0
+        if len(parts) >= plan.min_windows and all_decided(decisions):
+            break
+    evidence = pooled_evidence(size_bytes, parts)
     details: dict[str, Any] = {"thermal": _thermal(parts[-1].raw), "input_shapes": parts[-1].raw.get("input_shapes")}
+    details["threads"] = parts[-1].raw.get("threads", spec.threads)
     if len(parts) > 1:
         details["thermal_extra"] = [_thermal(m.raw) for m in parts[1:]]
-    if thresholds:
-        details["confidence"] = {
-            "level": level,
-            "extra_measurements": len(parts) - 1,
-            "straddled": straddled,
-            "still_straddling": now,
-            "extra_runs": sum(len(m.latencies_ns) for m in parts[1:]),
-            "extra_seconds": round(extra_seconds, 3),
+    if judged:
+        details["windows"] = {
+            "count": len(parts),
+            "plan": plan.to_json(),
+            "values": {b.key: [w.get(b.key) for w in per_window] for b in judged},
+            "reference_values": {b.key: [w.get(b.key) for w in reference_windows] for b in paired},
+            "seconds": round(time.monotonic() - started, 3),
         }
     return Observation(
         sha256=sha256,
@@ -185,4 +228,26 @@ def observe(
         tail=evidence.tail,
         energy=evidence.energy,
         extra_measurements=tuple(parts[1:]),
+        decisions=decisions,
     )
+
+
+def _decisions(
+    judged: Sequence[Budget],
+    thresholds: Mapping[str, float],
+    per_window: Sequence[Mapping[str, float | None]],
+    reference_windows: Sequence[Mapping[str, float | None]],
+    paired: Sequence[Budget],
+    confidence: float,
+) -> dict[str, Decision]:
+    result = {}
+    paired_keys = {b.key for b in paired}
+    for budget in judged:
+        values = [w.get(budget.key) for w in per_window]
+        if budget.key in paired_keys:
+            references = [w.get(budget.key) for w in reference_windows]
+            values = [None if v is None or not r else v / r for v, r in zip(values, references, strict=True)]
+        result[budget.key] = decide(
+            budget.key, values, thresholds[budget.key], confidence, paired=budget.key in paired_keys
+        )
+    return result

@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as scistats
 
-from edgecompress.budgets import Budget, Evidence, format_value, unit_of
+from edgecompress.budgets import format_value, unit_of
 
 NO_VALUE = "could not be measured on this device (no value)"
 
@@ -114,44 +115,146 @@ def slower_on_every(ratio: Mapping[str, float | None], margin: float) -> bool:
     return bool(ratio) and all(r is not None and r > 1 + margin for r in ratio.values())
 
 
-def confidence_interval(evidence: Evidence, budget: Budget, level: float) -> tuple[float, float] | None:
-    """A ``level`` confidence interval of a budget's value, where one can be given."""
-    metric = budget.metric
-    if metric.startswith("latency.") and metric != "latency.pwcet":
-        x = np.sort(np.asarray(evidence.extra["_latencies"], dtype=np.float64)) / 1e6
-        n = x.size
-        z = float(scistats.norm.ppf(0.5 + level / 2))
-        statistic = metric.split(".", 1)[1]
-        if statistic == "mean" and n > 1:
-            half = z * float(x.std(ddof=1)) / math.sqrt(n)
-            return float(x.mean()) - half, float(x.mean()) + half
-        if statistic.startswith("p"):
-            # Distribution-free: the ranks between which the q-quantile lies with the given confidence.
-            q = float(statistic[1:]) / (10 ** len(statistic[1:]))
-            spread = z * math.sqrt(n * q * (1 - q))
-            low, high = int(math.floor(n * q - spread)), int(math.ceil(n * q + spread))
-            return float(x[max(low, 0)]), float(x[min(high, n - 1)])
-        return None
-    if metric == "latency.pwcet":
-        tail = evidence.tail
-        return None if tail is None else tail.interval_ms(budget.parameter or 1e-9, level)
-    if budget.spec.requires == "power":
-        energy = evidence.energy
-        return None if energy is None else energy.interval(metric, level)
-    return None
+# -- verdicts with a stated confidence, from repeated windows --------------------------------------------------------
+
+MET, VIOLATED, INCONCLUSIVE = "met", "violated", "inconclusive"
+CONFIDENCE = 0.95
 
 
-def straddling(
-    evidence: Evidence, budgets: Sequence[Budget], thresholds: Mapping[str, float] | None, level: float
-) -> list[str]:
-    """The budgets whose ``level`` interval still contains their threshold: the evidence cannot decide them yet,
-    and another measurement window is worth taking."""
-    if not thresholds:
-        return []
-    unclear = []
-    for budget in budgets:
-        threshold = thresholds.get(budget.key, thresholds.get(budget.metric))
-        interval = confidence_interval(evidence, budget, level) if threshold is not None else None
-        if threshold is not None and interval is not None and interval[0] < threshold < interval[1]:
-            unclear.append(budget.key)
-    return unclear
+@dataclass(frozen=True)
+class WindowPlan:
+    """How many measurement windows a verdict may take: at least ``min_windows``; more only while a budget is
+    undecided, up to ``max_windows`` or ``max_seconds`` of device time."""
+
+    confidence: float = CONFIDENCE
+    min_windows: int = 2
+    max_windows: int = 6
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.confidence < 1:
+            raise ValueError(f"confidence must lie in (0.5, 1), got {self.confidence}")
+        if not 1 <= self.min_windows <= self.max_windows:
+            raise ValueError(f"windows: need 1 <= min ({self.min_windows}) <= max ({self.max_windows})")
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One budget judged on repeated windows: the typical window's value with one-sided bounds at ``confidence``.
+
+    met: the upper bound is under the threshold; violated: the lower bound is over it; inconclusive: neither, after
+    every window allowed (never reported as met). ``paired``: judged on the ratio to the original measured in
+    alternate windows of the same session, and ``value``/bounds/threshold are that ratio.
+    """
+
+    key: str
+    threshold: float
+    outcome: str
+    value: float | None
+    lower: float | None
+    upper: float | None
+    windows: int
+    confidence: float
+    paired: bool = False
+
+    @property
+    def met(self) -> bool:
+        return self.outcome == MET
+
+    @property
+    def violation(self) -> float:
+        """What a constrained sampler is told: the upper bound minus the threshold (positive: not shown to meet it).
+        A budget with no value is over by the whole threshold."""
+        bound = self.upper if self.upper is not None else self.value
+        if bound is None:
+            return abs(self.threshold) if self.threshold else 1.0
+        return bound - self.threshold
+
+    def describe(self, unit: str = "") -> str:
+        """One line for people, e.g. 'latency.p99 = 8.31 ms (95% upper bound 9.02 ms, 3 windows) <= 15.6 ms: met'."""
+
+        def shown(x: float | None) -> str:
+            if x is None:
+                return "n/a"
+            return f"{x:.3f}x" if self.paired else format_value(x, unit)
+
+        what = f"{self.key} / original" if self.paired else self.key
+        level = f"{self.confidence:.0%}"
+        if self.value is None:
+            return f"{what}: no value ({self.windows} windows): {self.outcome}"
+        sign = {MET: "<=", VIOLATED: ">", INCONCLUSIVE: "~"}[self.outcome]
+        bound = self.upper if self.outcome != VIOLATED else self.lower
+        side = "upper" if self.outcome != VIOLATED else "lower"
+        return (
+            f"{what} = {shown(self.value)} ({level} {side} bound {shown(bound)}, {self.windows} windows) "
+            f"{sign} {shown(self.threshold)}: {self.outcome}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Decision:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def window_bounds(values: Sequence[float], confidence: float) -> tuple[float, float | None, float | None]:
+    """The typical window's value (geometric mean of the windows') and its one-sided lower and upper bounds at
+    ``confidence`` (Student's t on the logarithms: latencies and energies are positive and skewed, and windows on a
+    loaded device vary by a factor rather than by a constant). No bounds from a single window."""
+    x = np.log(np.asarray(values, dtype=np.float64))
+    center = float(np.exp(x.mean()))
+    if x.size < 2:
+        return center, None, None
+    t = float(scistats.t.ppf(confidence, x.size - 1))
+    half = t * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return center, float(np.exp(x.mean() - half)), float(np.exp(x.mean() + half))
+
+
+def decide(
+    key: str,
+    window_values: Sequence[float | None],
+    threshold: float,
+    confidence: float = CONFIDENCE,
+    paired: bool = False,
+) -> Decision:
+    """Judge one budget on its per-window values. A window the device reported no value for fails the budget (the
+    one missing-value rule); values at or below zero cannot be judged on a log scale and are taken as they are
+    (met only when every window is under)."""
+    present = [_present(v) for v in window_values]
+    n = len(present)
+    if n == 0 or any(v is None for v in present):
+        return Decision(key, threshold, VIOLATED if n else INCONCLUSIVE, None, None, None, n, confidence, paired)
+    values = [float(v) for v in present if v is not None]
+    if min(values) <= 0:
+        top = max(values)
+        outcome = MET if top <= threshold else VIOLATED if min(values) > threshold else INCONCLUSIVE
+        return Decision(key, threshold, outcome, top, min(values), top, n, confidence, paired)
+    center, lower, upper = window_bounds(values, confidence)
+    if upper is not None and upper <= threshold:
+        outcome = MET
+    elif lower is not None and lower > threshold:
+        outcome = VIOLATED
+    else:
+        outcome = INCONCLUSIVE
+    return Decision(key, threshold, outcome, center, lower, upper, n, confidence, paired)
+
+
+def all_decided(decisions: Mapping[str, Decision]) -> bool:
+    return all(d.outcome != INCONCLUSIVE for d in decisions.values())
+
+
+def constraints(
+    values: Mapping[str, float | None], thresholds: Mapping[str, float], decisions: Mapping[str, Decision]
+) -> dict[str, float]:
+    """What a constrained sampler is told per budget (positive: not shown to be met): a device budget judged on
+    windows gives its bound minus its threshold (the robust value, not one window's), a host budget its value
+    minus its threshold, and a budget never measured 0 (no evidence)."""
+    result = violations(values, thresholds)
+    for key, decision in decisions.items():
+        if key in result:
+            result[key] = decision.violation
+    return result

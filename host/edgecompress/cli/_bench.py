@@ -17,7 +17,7 @@ from edgecompress.cli._app import app, console, err_console
 from edgecompress.cli._device_options import accept_new_host_option, upload_progress
 from edgecompress.config import resolve_device
 from edgecompress.device import measure_request
-from edgecompress.gate import measure_model
+from edgecompress.gate import batch_input_shapes, measure_model
 from edgecompress.observe import Observation
 
 
@@ -30,6 +30,7 @@ def bench(
     min_seconds: float | None = typer.Option(None, min=0, help="Time at least this long."),
     max_seconds: float | None = typer.Option(None, min=0, help="Stop after this long, whatever the run count."),
     warmup_runs: int | None = typer.Option(None, min=0, help="Untimed inferences first."),
+    batch: int = typer.Option(1, min=1, help="Inputs per call, as tune --batch measured them (ONNX models)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     html: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML page (plots) here."),
     accept_new_host: bool = accept_new_host_option(),
@@ -49,6 +50,7 @@ def bench(
         max_seconds=max_seconds,
         warmup_runs=warmup_runs,
         runtime=artifact.runtime,
+        input_shapes=batch_input_shapes(artifact, batch),
     )
     run = measure_model(
         profile,
@@ -97,6 +99,8 @@ def _bench_json(
         "energy": energy.to_json() if energy else None,
         "flags": list(observation.flags),
         "thermal": observation.details.get("thermal"),
+        "threads": observation.details.get("threads"),
+        "input_shapes": observation.details.get("input_shapes"),
     }
 
 
@@ -108,6 +112,7 @@ def _print_bench(model: str, device: str, runtime: str, observation: Observation
     for name in ("mean", "std", "min", "p50", "p90", "p95", "p99", "p999", "max"):
         table.add_row(name, f"{stats.get(name):.3f}")
     table.add_row("runs", str(stats.count))
+    table.add_row("threads", str(observation.details.get("threads")))
     table.add_row("first inference", f"{stats.first_inference_ms:.3f}")
     table.add_row("load", f"{stats.load_ms:.3f}")
     if tail is not None:

@@ -18,7 +18,14 @@ from edgecompress.cli._app import app, console, err_console
 from edgecompress.config import resolve_device
 from edgecompress.device import measure_request
 from edgecompress.errors import BudgetError, ConfigError, DeviceError
-from edgecompress.gate import CheckResult, load_baseline, load_check_config, merge_budgets, run_check
+from edgecompress.gate import (
+    CheckResult,
+    batch_input_shapes,
+    load_baseline,
+    load_check_config,
+    merge_budgets,
+    run_check,
+)
 from edgecompress.history import append_result, format_metric, plot_trend, read_history, trend
 from edgecompress.report import (
     check_report_html,
@@ -29,11 +36,12 @@ from edgecompress.report import (
     write_markdown_error,
     write_result_json,
 )
+from edgecompress.verdict import WindowPlan
 
 CHECK_EXIT_CODES = (
     "Exit codes: 0 every budget met and no regression; 1 a budget failed or the model regressed (each failure named "
     "on one line); 2 usage or configuration error, or a budget this device cannot measure; 3 device unreachable or "
-    "agent failure. See docs/ci.md."
+    "agent failure; 5 a budget's verdict inconclusive (the measurement windows could not decide it). See docs/ci.md."
 )
 
 
@@ -90,6 +98,19 @@ def check(
     min_seconds: Annotated[
         float | None, typer.Option(min=0, help="Time at least this long (default: the profile's).")
     ] = None,
+    batch: Annotated[
+        int | None, typer.Option(min=1, help="Inputs per call, as tune --batch measured them (ONNX; default 1).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Runtime threads (default: the profile's).")] = None,
+    confidence: Annotated[
+        float | None,
+        typer.Option(
+            min=0.51, max=0.999, help="A budget passes when its one-sided bound at this confidence is under it."
+        ),
+    ] = None,
+    max_windows: Annotated[
+        int | None, typer.Option(min=1, help="Measurement windows a budget may take while undecided (default 6).")
+    ] = None,
     tolerance: Annotated[
         list[str] | None,
         typer.Option(
@@ -140,7 +161,11 @@ def check(
         runs=runs or settings.runs,
         min_seconds=settings.min_seconds if min_seconds is None else min_seconds,
         runtime=artifact.runtime,
+        threads=threads or settings.threads,
+        input_shapes=batch_input_shapes(artifact, batch or settings.batch),
     )
+    top = max_windows or settings.max_windows
+    windows = WindowPlan(confidence or settings.confidence, min(settings.min_windows, top), top)
     for path, flag in ((junit, "--junit"), (json_path, "--json"), (markdown, "--markdown"), (html, "--html")):
         _output_folder_ok(path, flag)
     history_path = history or (Path(settings.history) if settings.history else None)
@@ -167,6 +192,7 @@ def check(
                 budgets=budgets,
                 regression=regression,
                 baseline=base,
+                windows=windows,
                 on_event=lambda m: err_console.print(f"[yellow]{m}[/]"),
                 accept_new_host=accept_new_host,
             )
@@ -222,9 +248,10 @@ def check(
 
 
 def _print_result(result: CheckResult) -> None:
-    colour = {"pass": "green", "fail": "red", "error": "yellow", "skipped": "dim"}
+    colour = {"pass": "green", "fail": "red", "error": "yellow", "skipped": "dim", "inconclusive": "magenta"}
     table = Table(
-        title=f"{result.model} on {result.device} ({result.board}), {result.runtime} {result.runtime_version}",
+        title=f"{result.model} on {result.device} ({result.board}), {result.runtime} {result.runtime_version}, "
+        f"{result.settings.get('measure', {}).get('threads') or 'default'} threads",
         title_justify="left",
     )
     table.add_column("check")

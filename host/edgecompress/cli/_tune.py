@@ -41,7 +41,8 @@ class ConsoleReporter:
             return
         mark = "[green]✓[/]" if record.get("feasible") else "[red]✗[/]"
         values = record.get("values") or {}
-        shown = "  ".join(f"{k} {format_value(values.get(k), unit_of(k))}" for k in record.get("thresholds", {}))
+        decisions = record.get("decisions") or {}
+        shown = "  ".join(_shown(k, values.get(k), decisions.get(k)) for k in record.get("thresholds", {}))
         plan = record.get("plan") or {}
         ratios = plan.get("ratios") or {}
         mean_ratio = sum(ratios.values()) / len(ratios) if ratios else 0.0
@@ -52,6 +53,19 @@ class ConsoleReporter:
             f"{plan.get('quant', '?')} prune~{mean_ratio:.2f}  best {best_text}  ETA {eta}",
             highlight=False,
         )
+
+
+def _shown(key: str, value: float | None, decision: dict[str, Any] | None) -> str:
+    """A budget's figure in a trial line: the value and, where windows judged it, the bound the verdict used."""
+    if not decision or decision.get("value") is None:
+        return f"{key} {format_value(value, unit_of(key))}"
+    paired = decision.get("paired")
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}x" if paired else format_value(x, unit_of(key))
+
+    name = f"{key}/orig" if paired else key
+    return f"{name} {fmt(decision['value'])} (ub {fmt(decision.get('upper'))}, {decision.get('windows')}w)"
 
 
 @app.command()
@@ -110,6 +124,18 @@ def tune(
         help="Trust an SSH host key not yet in "
         "known_hosts (like OpenSSH's accept-new). A changed key is always refused.",
     ),
+    confidence: float | None = typer.Option(
+        None,
+        min=0.51,
+        max=0.999,
+        help="Confidence of every verdict: met means the one-sided bound is under the budget (default 0.95).",
+    ),
+    max_windows: int | None = typer.Option(
+        None, min=1, help="Measurement windows a candidate may take while its verdict is undecided (default 6)."
+    ),
+    confirm_windows: int | None = typer.Option(
+        None, min=1, help="Windows the final confirmation may take (default 10)."
+    ),
     device_wait: float | None = typer.Option(
         None,
         "--device-wait",
@@ -158,6 +184,9 @@ def tune(
             "storage": storage,
             "accept_new_host": accept_new_host or None,
             "device_wait_s": device_wait,
+            "confidence": confidence,
+            "max_windows": max_windows,
+            "confirm_windows": confirm_windows,
         }
         settings = load_tune_config(config, overrides)
         result = run_tune(settings, out, reporter, command=command)
@@ -209,3 +238,21 @@ def _summary(result: Any) -> None:
             format_value(final.get("size_bytes"), "bytes") if final.get("met") else "-",
         )
     console.print(table)
+    if final.get("identical_to_original"):
+        console.print(
+            "the final model is the original (same sha256): it already meets the budgets, no compression was needed",
+            highlight=False,
+        )
+    verdict = final.get("verdict") or {}
+    if verdict.get("summary"):
+        console.print(f"verdict: {verdict['summary']}", highlight=False, markup=False)
+    for rejected in final.get("rejected") or []:
+        console.print(
+            f"rejected {rejected['which']} (accuracy {rejected['accuracy']:.4f}): {rejected['outcome']}",
+            highlight=False,
+            markup=False,
+        )
+    if final.get("met"):
+        check = result.run_dir / "check.toml"
+        model = next(result.run_dir.glob("model.*"), result.run_dir / "model.onnx")
+        console.print(f"re-judge it (CI): edgecompress check {model} --config {check}", highlight=False, markup=False)

@@ -13,6 +13,7 @@ from edgecompress.gate._config import (
 from edgecompress.gate._result import SCHEMA, Baseline, BudgetOutcome, CheckResult, RegressionOutcome
 from edgecompress.gate._run import (
     DeviceRun,
+    batch_input_shapes,
     budget_targets,
     confirm,
     confirm_side_by_side,
@@ -32,6 +33,7 @@ __all__ = [
     "DeviceRun",
     "RegressionOutcome",
     "RegressionSettings",
+    "batch_input_shapes",
     "budget_targets",
     "budget_texts",
     "confirm",

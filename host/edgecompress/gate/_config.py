@@ -202,6 +202,12 @@ class CheckConfig(BaseModel):
     baseline: str | None = None
     runs: int | None = Field(default=None, ge=1)
     min_seconds: float | None = Field(default=None, ge=0)
+    batch: int = Field(default=1, ge=1, le=4096, description="inputs per call (ONNX models with a batch axis)")
+    threads: int | None = Field(default=None, ge=1, description="the runtime's intra-op threads (default: profile)")
+    # The verdict: a budget passes when its one-sided bound at this confidence is under it, from repeated windows.
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    min_windows: int = Field(default=2, ge=1, le=100)
+    max_windows: int = Field(default=6, ge=1, le=200)
     regression: RegressionSettings = Field(default_factory=RegressionSettings)
     budget_texts: tuple[str, ...] = Field(default=(), description="from the top-level budgets, already validated")
 

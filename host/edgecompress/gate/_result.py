@@ -13,7 +13,9 @@ from edgecompress.analysis import RegressionResult
 from edgecompress.errors import ConfigError
 
 SCHEMA = "edgecompress.check/1"
-Status = Literal["pass", "fail", "error", "skipped"]
+Status = Literal["pass", "fail", "error", "skipped", "inconclusive"]
+# A budget the measurement windows could not decide either way: never a pass, and not a failure of the model.
+INCONCLUSIVE_EXIT = 5
 
 
 @dataclass(frozen=True)
@@ -143,11 +145,14 @@ class CheckResult:
 
     @property
     def exit_code(self) -> int:
-        """0 pass; 1 a budget or the regression test failed; 2 a budget could not be checked (configuration)."""
+        """0 pass; 1 a budget or the regression test failed; 2 a budget could not be checked (configuration);
+        5 a budget's verdict stayed inconclusive after every window allowed."""
         if any(o.status == "fail" for o in self.outcomes):
             return 1
         if any(o.status == "error" for o in self.outcomes):
             return 2
+        if any(o.status == "inconclusive" for o in self.outcomes):
+            return INCONCLUSIVE_EXIT
         return 0
 
     def failed_checks(self) -> list[str]:
@@ -155,7 +160,7 @@ class CheckResult:
         return [
             o.budget if isinstance(o, BudgetOutcome) else f"regression {o.metric}"
             for o in self.outcomes
-            if o.status in ("fail", "error")
+            if o.status in ("fail", "error", "inconclusive")
         ]
 
     def problems(self) -> list[str]:
@@ -163,7 +168,7 @@ class CheckResult:
         return [
             f"{o.status.upper()} {o.budget if isinstance(o, BudgetOutcome) else 'regression ' + o.metric}: {o.message}"
             for o in self.outcomes
-            if o.status in ("fail", "error")
+            if o.status in ("fail", "error", "inconclusive")
         ]
 
     def to_json(self) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from edgecompress.config import DeviceProfile
 from edgecompress.device import MeasureRequest, check_runtime, open_session
 from edgecompress.errors import ConfigError
 from edgecompress.gate._config import RegressionSettings, check_regression_metric
-from edgecompress.gate._result import Baseline, BudgetOutcome, CheckResult, RegressionOutcome
+from edgecompress.gate._result import Baseline, BudgetOutcome, CheckResult, RegressionOutcome, Status
 from edgecompress.observe import Observation, observe
-from edgecompress.verdict import judge
+from edgecompress.verdict import MET, NO_VALUE, VIOLATED, Decision, WindowPlan, judge
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,13 @@ def measure_model(
     targets: Mapping[str, float] | None = None,
     on_event: Callable[[str], None] | None = None,
     upload: Callable[[int], AbstractContextManager[Callable[[int, int], None] | None]] | None = None,
+    windows: WindowPlan | None = None,
     **session_options: Any,
 ) -> DeviceRun:
     """Put the model on the device and measure it; DeviceError (exit 3) when the device or agent fails.
 
-    With ``targets``, a budget whose confidence interval straddles its limit is measured again (observe pools up
-    to two more measurements), so a model right at its budget does not pass or fail by the luck of one run.
+    With ``targets``, every device budget is judged on repeated windows (``windows``, default WindowPlan()): more
+    only while one is undecided, so a model right at its budget does not pass or fail by the luck of one run.
     ``upload(total_bytes)``, when given, is entered around the upload and yields its progress callback.
     """
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -94,7 +95,7 @@ def measure_model(
         check_runtime(profile, hello, runtime=spec.runtime, model=artifact.data)
         with upload(artifact.size_bytes) if upload else nullcontext() as progress:
             sha = session.put_model(artifact.data, progress=progress)
-        observation = observe(session, sha, artifact.size_bytes, spec, budgets, thresholds=targets)
+        observation = observe(session, sha, artifact.size_bytes, spec, budgets, thresholds=targets, windows=windows)
     finally:
         session.close()
     return DeviceRun(observation=observation, hello=hello, started_utc=started)
@@ -115,6 +116,19 @@ def apply_budget(budget: Budget, target: float, value: float | None) -> BudgetOu
         return BudgetOutcome(budget.text, budget.key, unit, target, verdict.value, "pass", f"{shown} <= {limit}")
     over = f", {verdict.value / target - 1:.1%} over" if target > 0 and math.isfinite(verdict.value) else ""
     return BudgetOutcome(budget.text, budget.key, unit, target, verdict.value, "fail", f"{shown} > {limit}{over}")
+
+
+def judge_budget(budget: Budget, target: float, decision: Decision) -> BudgetOutcome:
+    """A device budget from its verdict on repeated windows: pass (the bound is under the budget), fail (the other
+    bound is over it), inconclusive (neither, after every window allowed), or error (no value on this device)."""
+    unit = budget.unit
+    if decision.value is None:
+        return BudgetOutcome(budget.text, budget.key, unit, target, None, "error", f"{budget.key} {NO_VALUE}")
+    status: Status = {MET: "pass", VIOLATED: "fail"}.get(decision.outcome, "inconclusive")  # type: ignore[assignment]
+    message = decision.describe(unit)
+    if budget.relative is not None:
+        message += f" (budget {budget.relative:g}x the baseline)"
+    return BudgetOutcome(budget.text, budget.key, unit, target, decision.value, status, message)
 
 
 def compare_with_baseline(
@@ -166,8 +180,13 @@ def evaluate(
     observation = run.observation
     runtime = _runtime_entry(run.hello, spec.runtime)
     runtime_version = runtime.get("version")
-    outcomes = tuple(apply_budget(b, targets[b.key], observation.values.get(b.key)) for b in budgets)
-    # The whole sample: observe may have pooled extra measurements for a budget close to its limit.
+    outcomes = tuple(
+        judge_budget(b, targets[b.key], observation.decisions[b.key])
+        if b.key in observation.decisions
+        else apply_budget(b, targets[b.key], observation.values.get(b.key))
+        for b in budgets
+    )
+    # The whole sample: every window the verdict took, pooled.
     parts = (observation.measurement, *observation.extra_measurements)
     latencies_ns = tuple(x for m in parts for x in m.latencies_ns)
     first_run = f"no passing run of {model} on {device} with {spec.runtime} yet (a passing run becomes the baseline)"
@@ -302,6 +321,7 @@ def run_check(
     budgets: Sequence[Budget],
     regression: RegressionSettings,
     baseline: Baseline | None,
+    windows: WindowPlan | None = None,
     on_event: Callable[[str], None] | None = None,
     **session_options: Any,
 ) -> CheckResult:
@@ -311,7 +331,9 @@ def run_check(
         check_regression_metric(metric)
 
     def measure_and_evaluate() -> CheckResult:
-        run = measure_model(profile, artifact, spec, budgets, targets, on_event=on_event, **session_options)
+        run = measure_model(
+            profile, artifact, spec, budgets, targets, on_event=on_event, windows=windows, **session_options
+        )
         return evaluate(
             run,
             model=model,
@@ -389,3 +411,31 @@ def confirm(suspected: CheckResult, again: CheckResult) -> CheckResult:
             f"measured twice: a slowdown flagged at {suspected.started_utc} was re-measured in a fresh agent",
         ),
     )
+
+
+def batch_input_shapes(artifact: Artifact, batch: int) -> dict[str, tuple[int, ...]] | None:
+    """The input shapes that make the device feed ``batch`` inputs per call (None for 1). Only an ONNX model whose
+    inputs have a batch axis (first dimension symbolic, or already ``batch``) can; anything else is a ConfigError."""
+    if batch == 1:
+        return None
+    if artifact.format != "onnx":
+        raise ConfigError(f"--batch {batch} needs an ONNX model: a TFLite model has a fixed batch of 1")
+    import onnx
+
+    graph = onnx.load_model_from_string(artifact.data).graph
+    weights = {init.name for init in graph.initializer}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in graph.input:
+        if value.name in weights:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if not dims or any(not d.HasField("dim_value") for d in dims[1:]):
+            raise ConfigError(f"--batch {batch}: input {value.name!r} has no fixed shape after its first axis")
+        first = dims[0]
+        if first.HasField("dim_value") and first.dim_value != batch:
+            raise ConfigError(
+                f"--batch {batch}: input {value.name!r} has a fixed batch of {first.dim_value}; export the model "
+                "with a dynamic first axis"
+            )
+        shapes[value.name] = (batch, *(d.dim_value for d in dims[1:]))
+    return shapes

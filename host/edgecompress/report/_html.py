@@ -122,8 +122,12 @@ def _verdict(results: Mapping[str, Any]) -> tuple[str, str]:
     final = results.get("final")
     if final is None:
         return "stopped before the last round finished (resume with edgecompress tune --resume)", "warn"
+    if final.get("identical_to_original"):
+        return "the original already meets the budgets (the final model is the original's bytes)", "ok"
     if final.get("met"):
-        return f"budgets met ({final.get('which')})", "ok"
+        return f"budgets met ({final.get('which')}): {(final.get('verdict') or {}).get('summary', '')}", "ok"
+    if final.get("outcome") == "inconclusive":
+        return "budgets inconclusive: the measurements could not decide them (never reported as met)", "warn"
     return "budgets not met: no candidate was confirmed on the device", "bad"
 
 
@@ -423,6 +427,7 @@ def _rounds_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
                 *[num((nb.get("values") or {}).get(k), unit=u) for k, u, _ in keys],
                 num(nb.get("macs")),
                 _plan_text(nb.get("plan")),
+                (r.get("base_verdict") or {}).get("summary", "") or "-",
             ]
         )
     headers = (
@@ -435,8 +440,17 @@ def _rounds_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
         *[f"{k} after" for k, _, _ in keys],
         "MACs",
         "plan",
+        "fresh measurement of the base",
     )
-    return table(headers, rows, sortable=True, id_="rounds-table")
+    rejected = [
+        [item.get("which"), num(item.get("accuracy")), item.get("outcome"), item.get("summary")]
+        for item in (results.get("final") or {}).get("rejected") or []
+    ]
+    rounds = table(headers, rows, sortable=True, id_="rounds-table")
+    if not rejected:
+        return rounds
+    why = table(("rejected for the final answer", "accuracy", "verdict", "why"), rejected)
+    return Raw(str(rounds) + str(why))
 
 
 def _trials_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, float]]) -> Raw:
@@ -725,7 +739,13 @@ def check_report_html(
     result: CheckResult, baseline: Baseline | None = None, hello: Mapping[str, Any] | None = None, command: str = ""
 ) -> str:
     """The page of one ``check``: budgets, regressions against the baseline, latency beside the baseline's."""
-    status = {"pass": "✓ pass", "fail": "✗ FAIL", "error": "⚠ error", "skipped": "– skipped"}
+    status = {
+        "pass": "✓ pass",
+        "fail": "✗ FAIL",
+        "error": "⚠ error",
+        "skipped": "– skipped",
+        "inconclusive": "? inconclusive",
+    }
     budgets = (
         table(
             ("budget", "status", "measured", "limit", "details"),

@@ -22,6 +22,8 @@ def _case(suite: ET.Element, classname: str, outcome: BudgetOutcome | Regression
     kind = "budget" if isinstance(outcome, BudgetOutcome) else "regression"
     if outcome.status == "fail":
         ET.SubElement(case, "failure", {"message": outcome.message, "type": kind}).text = outcome.message
+    elif outcome.status == "inconclusive":
+        ET.SubElement(case, "failure", {"message": outcome.message, "type": "inconclusive"}).text = outcome.message
     elif outcome.status == "error":
         ET.SubElement(case, "error", {"message": outcome.message, "type": kind}).text = outcome.message
     elif outcome.status == "skipped":
@@ -33,7 +35,10 @@ def _case(suite: ET.Element, classname: str, outcome: BudgetOutcome | Regression
 def junit_xml(result: CheckResult) -> str:
     """The JUnit XML document of one check."""
     outcomes = result.outcomes
-    counts = {status: sum(o.status == status for o in outcomes) for status in ("fail", "error", "skipped")}
+    counts = {
+        status: sum(o.status == status for o in outcomes) for status in ("fail", "error", "skipped", "inconclusive")
+    }
+    counts["fail"] += counts["inconclusive"]  # a JUnit failure: CI must not read it as a pass
     totals = {
         "tests": str(len(outcomes)),
         "failures": str(counts["fail"]),

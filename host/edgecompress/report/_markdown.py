@@ -8,7 +8,7 @@ from edgecompress.budgets import format_value
 from edgecompress.gate import CheckResult
 from edgecompress.report._files import write_text
 
-_ICON = {"pass": "✅", "fail": "❌", "error": "⚠️", "skipped": "➖"}
+_ICON = {"pass": "✅", "fail": "❌", "error": "⚠️", "skipped": "➖", "inconclusive": "❔"}
 
 
 def _cell(text: str) -> str:

@@ -21,7 +21,8 @@ from edgecompress.compress import (
     model_cost,
 )
 from edgecompress.device import MeasureRequest, Session
-from edgecompress.observe import Observation, observe
+from edgecompress.observe import Observation, Reference, observe
+from edgecompress.verdict import WindowPlan
 from edgecompress.workload import Workload
 
 
@@ -119,13 +120,22 @@ def measure_candidate(
     spec: MeasureRequest,
     budgets: list[Budget],
     thresholds: dict[str, float] | None = None,
+    windows: WindowPlan | None = None,
+    reference: tuple[Artifact, frozenset[str]] | None = None,
 ) -> DeviceResult:
     """Send the artifact (only if the device lacks it) and measure it.
 
-    With ``thresholds``, a budget whose 95% interval straddles its threshold gets more runs before it is judged.
+    With ``thresholds``, every device budget gets a verdict from repeated windows (``windows``); the budgets named
+    in ``reference`` are judged on the ratio to that artifact (the original), measured in alternate windows.
     """
     t0 = time.perf_counter()
     sha = session.put_model(artifact.data)
+    paired = None
+    if reference is not None and reference[1]:
+        original, keys = reference
+        paired = Reference(session.put_model(original.data), original.size_bytes, keys)
     t1 = time.perf_counter()
-    observation = observe(session, sha, artifact.size_bytes, spec, budgets, thresholds=thresholds)
+    observation = observe(
+        session, sha, artifact.size_bytes, spec, budgets, thresholds=thresholds, windows=windows, reference=paired
+    )
     return DeviceResult(observation, t1 - t0, time.perf_counter() - t1)

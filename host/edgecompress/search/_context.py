@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from torch import nn
 
+from edgecompress.artifact import Artifact
 from edgecompress.budgets import Budget
 from edgecompress.compress import CompressionPlan, SearchSpace, search_space
 from edgecompress.compress._export import INPUT_NAME
@@ -18,6 +19,7 @@ from edgecompress.device import MeasureRequest, measure_request
 from edgecompress.search._candidate import Candidate, build_candidate
 from edgecompress.search._decide import make_sampler, round_count
 from edgecompress.search._negotiate import ExportTarget
+from edgecompress.verdict import WindowPlan
 from edgecompress.workload import Workload
 
 # Above this many prunable groups, the space gets one ratio per stage (a few trials per round cannot learn 30).
@@ -43,6 +45,34 @@ class RunContext:
     run_dir: Path
     storage: str
     name: str
+    original: Artifact | None = None  # the original's artifact, once measured: relative budgets pair with it
+
+    @property
+    def relative_keys(self) -> frozenset[str]:
+        """The device budgets relative to the original: judged on the paired ratio, never on an earlier L0."""
+        return frozenset(b.key for b in self.device_budgets if b.relative is not None)
+
+    @property
+    def windows(self) -> WindowPlan:
+        """How a candidate is judged during the search."""
+        c = self.config
+        return WindowPlan(c.confidence, min(c.min_windows, c.max_windows), c.max_windows)
+
+    @property
+    def confirm_windows(self) -> WindowPlan:
+        """How the final answer (and a round's base) is judged: the same confidence, more windows allowed."""
+        c = self.config
+        return WindowPlan(c.confidence, min(c.min_windows, c.confirm_windows), max(c.max_windows, c.confirm_windows))
+
+    def judged(self, thresholds: dict[str, float], original_values: dict[str, float | None]) -> dict[str, float]:
+        """Thresholds as the verdict judges them: a relative budget's as a ratio to the original (c_t / L0, which is
+        the cooling schedule run from 1 to the budget's factor), the others as they are."""
+        result = dict(thresholds)
+        for key in self.relative_keys:
+            base = original_values.get(key)
+            if key in result and base:
+                result[key] = result[key] / float(base)
+        return result
 
     @property
     def rounds(self) -> int:
@@ -56,8 +86,10 @@ class RunContext:
     def device_budgets(self) -> tuple[Budget, ...]:
         return tuple(b for b in self.budgets if not b.spec.on_host)
 
-    def keeping(self, quant_modes: tuple[str, ...]) -> RunContext:
-        return dataclasses.replace(self, target=dataclasses.replace(self.target, quant_modes=quant_modes))
+    def keeping(self, quant_modes: tuple[str, ...], original: Artifact) -> RunContext:
+        """The context of the search: only the formats the probe kept, and the original to pair with."""
+        target = dataclasses.replace(self.target, quant_modes=quant_modes)
+        return dataclasses.replace(self, target=target, original=original)
 
     def space(self, model: nn.Module) -> SearchSpace:
         """The model's pruning space, coarsened to stages when asked or when it has many groups."""

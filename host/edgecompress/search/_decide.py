@@ -242,3 +242,17 @@ def composed_plan(original: SearchSpace, final: SearchSpace, last: CompressionPl
         if channels < group.channels:
             ratios[group.name] = 1.0 - channels / group.channels
     return CompressionPlan(ratios=ratios, quant=last.quant, float_fallback=last.float_fallback, round_to=1)
+
+
+def alternatives(trials: Sequence[FrozenTrial], chosen: int, count: int) -> list[FrozenTrial]:
+    """The round's other feasible, evaluated trials, most accurate first (distinct plans, not the chosen one)."""
+    feasible = [
+        tr
+        for tr in trials
+        if tr.state == TrialState.COMPLETE
+        and tr.user_attrs.get("feasible")
+        and tr.number != chosen
+        and "duplicate_of" not in tr.user_attrs
+        and "candidate" in tr.user_attrs
+    ]
+    return sorted(feasible, key=lambda tr: -_accuracy(tr))[:count]

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 from torch import nn
 
+from edgecompress.artifact import Artifact
 from edgecompress.budgets import Budget, check_budgets_measurable, parse_budgets
 from edgecompress.compress import CompressionPlan, apply_plan
 from edgecompress.config import DeviceProfile, TuneConfig, resolve_device
@@ -32,6 +33,10 @@ from edgecompress.search._progress import LogReporter, Reporter, StopFlag
 from edgecompress.search._results import write_results
 from edgecompress.search._state import RunState, load_checkpoint, new_run_dir
 from edgecompress.workload import Workload, load_workload
+
+# Besides the fine-tuned base and its trial, how many more of the last round's feasible trials the final
+# confirmation may try (each costs a confirmation's windows on the device).
+FINAL_ALTERNATIVES = 2
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,10 @@ class TuneRun:
         if "quant_probe" not in state.original:
             state.original["quant_probe"] = phases.probe_formats(original)
             state.save()
-        context = context.keeping(tuple(state.original["quant_probe"]["kept"]))
+        original_bytes = (state.run_dir / f"original.{context.target.format}").read_bytes()
+        context = context.keeping(
+            tuple(state.original["quant_probe"]["kept"]), Artifact.from_bytes(original_bytes, context.target.format)
+        )
         phases = Phases(context, pool, self.reporter, state)
         pipeline = TrialPipeline(context, pool, self.reporter, self.stop, original, state.original["values"])
         try:
@@ -168,12 +176,14 @@ class TuneRun:
         return RoundSetup(t, study, space, base_model, thresholds)
 
     def _final(self, context: RunContext, phases: Phases, original: nn.Module) -> dict[str, Any]:
-        """Confirm the last base on a fresh measurement; fall back to its candidate before fine-tuning."""
+        """Confirm the last base on a fresh measurement; fall back to the last round's feasible candidates before
+        fine-tuning, most accurate first (the round's choice, then FINAL_ALTERNATIVES more)."""
         state = self.state
         if state.final is not None:
             return state.final
         last = context.rounds - 1
-        chosen = context.study(last).trials[state.rounds[-1]["chosen_trial"]]
+        trials = context.study(last).get_trials(deepcopy=False)
+        chosen = trials[state.rounds[-1]["chosen_trial"]]
         plan = CompressionPlan.from_json(chosen.user_attrs["plan"])
         base_model = original if last == 0 else load_checkpoint(state.run_dir, last - 1)
         space = context.space(base_model)
@@ -181,6 +191,10 @@ class TuneRun:
             ("fine-tuned", load_checkpoint(state.run_dir, last), plan),
             ("best trial, not fine-tuned", apply_plan(base_model, plan, context.workload, space), plan),
         ]
+        for other in decide.alternatives(trials, chosen.number, FINAL_ALTERNATIVES):
+            other_plan = CompressionPlan.from_json(other.user_attrs["plan"])
+            model = apply_plan(base_model, other_plan, context.workload, space)
+            options.append((f"trial {other.number}, not fine-tuned", model, other_plan))
         state.final = phases.confirm_final(options, space, context.space(original))
         state.save()
         return state.final

@@ -5,7 +5,6 @@ next base) and confirming the final model. Each records what it decided in the r
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, cast
 
@@ -13,17 +12,54 @@ from torch import nn
 
 from edgecompress import verdict
 from edgecompress.artifact import Artifact
+from edgecompress.budgets import format_value, unit_of
 from edgecompress.compress import CompressionPlan, apply_plan, finetune
 from edgecompress.compress._space import Quant
 from edgecompress.device import DevicePool
 from edgecompress.errors import DeviceError, EdgecompressError
 from edgecompress.report import group_channels
+from edgecompress.report._files import write_text
 from edgecompress.search import _decide as decide
 from edgecompress.search._candidate import Candidate
 from edgecompress.search._context import RunContext
-from edgecompress.search._pipeline import measure_on
+from edgecompress.search._pipeline import DeviceRecord, measure_on
 from edgecompress.search._progress import Reporter
 from edgecompress.search._state import RunState, save_checkpoint, save_json
+
+CHECK_FILE = "check.toml"
+
+
+def check_config(context: RunContext, targets: dict[str, float]) -> str:
+    """An edgecompress.toml for ``check`` that re-judges the final model as tune judged it: the same device, window,
+    batch, threads and confidence, and every budget as the absolute limit tune resolved (a relative budget on the
+    original's measurement at the start of the run)."""
+    request, config = context.request, context.config
+    model = f"model.{context.target.format}"
+    lines = [
+        "# Written by edgecompress tune: re-judges this run's final model with the verdict tune used.",
+        f"#   edgecompress check {context.run_dir / model} --config {context.run_dir / CHECK_FILE}",
+        "",
+        "[budgets]",
+    ]
+    spelling = {"ms": "ms", "bytes": "B", "mJ": "mJ", "W": "W", "count": ""}
+    for budget in context.budgets:
+        note = f"  # {budget.text}, on the original's {budget.key}" if budget.relative is not None else ""
+        lines.append(f'"{budget.key}" = "{targets[budget.key]!r}{spelling[budget.unit]}"{note}')
+    lines += [
+        "",
+        "[check]",
+        f'device = "{config.device}"',
+        f"runs = {request.runs}",
+        f"min_seconds = {request.min_seconds!r}",
+        f"batch = {config.batch}",
+        f"confidence = {config.confidence!r}",
+        f"min_windows = {min(config.min_windows, config.confirm_windows)}",
+        f"max_windows = {max(config.max_windows, config.confirm_windows)}",
+    ]
+    if request.threads:
+        lines.append(f"threads = {request.threads}")
+    return "\n".join(lines) + "\n"
+
 
 # L0 anchors every relative budget and every threshold: the median of a few measurements, so one disturbed window
 # on a busy device does not move the whole search.
@@ -55,8 +91,9 @@ class Phases:
         (context.run_dir / f"original.{context.target.format}").write_bytes(candidate.artifact.data)
         for b in context.budgets:
             self.reporter.message(
-                f"{b.key}: original {values.get(b.key):.4g} {b.unit}, budget {targets[b.key]:.4g} "
-                f"{b.unit}, thresholds " + ", ".join(f"{c:.4g}" for c in schedule[b.key])
+                f"{b.key}: original {format_value(values.get(b.key), b.unit)}, budget "
+                f"{format_value(targets[b.key], b.unit)}, thresholds "
+                + ", ".join(format_value(c, b.unit) for c in schedule[b.key])
             )
         return {
             "candidate": candidate.to_json(),
@@ -165,7 +202,8 @@ class Phases:
         pruned = apply_plan(base_model, plan, context.workload, space)
         tuned = finetune(pruned, teacher, context.workload, steps=config.finetune_steps, lr=config.finetune_lr)
         _, candidate = context.build(base_model, plan, space, model=tuned)
-        device = measure_on(self.pool, context, candidate.artifact, thresholds, self.reporter.message)
+        device = self._judge(candidate, thresholds)
+        base_verdict = self._verdict(candidate, thresholds, device)
         save_checkpoint(context.run_dir, t, tuned, candidate.artifact.data, context.target.format)
         self.state.record_round(
             {
@@ -177,53 +215,123 @@ class Phases:
                 # Channels per group before and after this round, for reports (the plan alone holds only ratios).
                 "groups": group_channels(space, plan),
                 "next_base": {**candidate.to_json(), "values": device.values, "observation": device.observation},
+                "base_verdict": base_verdict,
             }
         )
-        self.reporter.message(
-            f"round {t}: fine-tuned accuracy {candidate.accuracy:.4f}, "
-            + ", ".join(f"{k} {device.values.get(k):.4g}" for k in thresholds)
+        self.reporter.message(f"round {t}: fine-tuned accuracy {candidate.accuracy:.4f}; " + base_verdict["summary"])
+        if not base_verdict["met"]:
+            # The next round starts from it all the same (its thresholds cool further); the report says so too.
+            self.reporter.message(
+                f"round {t}: the fine-tuned base does not meet this round's thresholds on a fresh measurement"
+            )
+
+    def _judge(self, candidate: Candidate, thresholds: dict[str, float]) -> DeviceRecord:
+        """A fresh measurement of a candidate, every device budget judged with the confirmation's windows."""
+        assert self.state.original is not None
+        judged = self.context.judged(thresholds, self.state.original["values"])
+        return measure_on(
+            self.pool, self.context, candidate.artifact, judged, self.reporter.message, self.context.confirm_windows
         )
+
+    def _verdict(self, candidate: Candidate, thresholds: dict[str, float], device: DeviceRecord) -> dict[str, Any]:
+        """Host budgets on the candidate's values, device budgets by their decisions: met only when every one is."""
+        host = {
+            b.key: verdict.judge(b.key, candidate.host_values([b]).get(b.key), thresholds[b.key])
+            for b in self.context.budgets
+            if b.spec.on_host
+        }
+        lines = [v.reason for v in host.values()]
+        lines += [d.describe(unit_of(k)) for k, d in device.decisions.items()]
+        met = all(v.met for v in host.values()) and all(
+            device.decisions.get(b.key) is not None and device.decisions[b.key].met for b in self.context.device_budgets
+        )
+        outcomes = [d.outcome for d in device.decisions.values()]
+        outcome = (
+            "met"
+            if met
+            else "inconclusive"
+            if verdict.INCONCLUSIVE in outcomes
+            and all(v.met for v in host.values())
+            and verdict.VIOLATED not in outcomes
+            else "not met"
+        )
+        return {
+            "met": met,
+            "outcome": outcome,
+            "decisions": {k: d.to_json() for k, d in device.decisions.items()},
+            "host": {k: {"value": v.value, "threshold": v.threshold, "met": v.met} for k, v in host.items()},
+            "summary": "; ".join(lines),
+        }
 
     def confirm_final(
         self, options: list[tuple[str, nn.Module, CompressionPlan]], space: Any, original_space: Any
     ) -> dict[str, Any]:
-        """The first option confirmed on a fresh measurement to meet every budget becomes the final model; else
-        the run's answer is 'not met'. ``space`` is the last round's base's; plan.json is written against
-        ``original_space`` (the rounds composed), so ``compress --plan`` rebuilds the final model's shape."""
+        """The first option (most accurate first) whose verdict on a fresh measurement is "met" for every budget
+        becomes the final model; else the answer is "not met" (or "inconclusive"), with why each was rejected.
+        ``space`` is the last round's base's; plan.json is written against ``original_space`` (the rounds
+        composed), so ``compress --plan`` rebuilds the final model's shape."""
         context, state = self.context, self.state
         assert state.original is not None
         targets = state.targets
         base_acc = state.original["candidate"]["accuracy"]
+        rejected: list[dict[str, Any]] = []
         for label, model, plan in options:
             _, candidate = context.build(model, plan, space, model=model)
-            device = measure_on(self.pool, context, candidate.artifact, targets, self.reporter.message)
-            if verdict.meets(device.values, targets):
+            device = self._judge(candidate, targets)
+            judged = self._verdict(candidate, targets, device)
+            identical = context.original is not None and candidate.artifact.sha256 == context.original.sha256
+            if judged["met"]:
                 self._write_final(candidate, decide.composed_plan(original_space, context.space(model), plan))
-                self.reporter.message(
-                    f"final model ({label}) meets every budget on a fresh measurement: accuracy "
-                    f"{candidate.accuracy:.4f} (original {base_acc:.4f}, drop "
-                    f"{100 * (base_acc - candidate.accuracy):.2f} points)"
-                )
+                if identical:
+                    # Never reported as a compression: the bytes are the original's.
+                    self.reporter.message(
+                        "the original already meets the budgets: the search found no compressed model that does, and "
+                        f"model.{context.target.format} is the original ({judged['summary']})"
+                    )
+                else:
+                    self.reporter.message(
+                        f"final model ({label}) meets every budget on a fresh measurement: accuracy "
+                        f"{candidate.accuracy:.4f} (original {base_acc:.4f}, drop "
+                        f"{100 * (base_acc - candidate.accuracy):.2f} points); {judged['summary']}"
+                    )
                 return {
                     "met": True,
-                    "which": label,
+                    "which": "original" if identical else label,
+                    "identical_to_original": identical,
                     **candidate.to_json(),
                     "values": device.values,
+                    "verdict": judged,
                     "accuracy_drop": base_acc - candidate.accuracy,
                     "observation": device.observation,
+                    "rejected": rejected,
                 }
-            self.reporter.message(
-                f"{label} candidate does not meet the budgets on confirmation: "
-                + ", ".join(f"{k} {_shown(device.values.get(k))}" for k in targets)
+            rejected.append(
+                {
+                    "which": label,
+                    "accuracy": candidate.accuracy,
+                    "sha256": candidate.artifact.sha256,
+                    "outcome": judged["outcome"],
+                    "summary": judged["summary"],
+                }
             )
-        self.reporter.message("budgets not met: no candidate was confirmed on the device as meeting every budget")
-        return {"met": False}
+            self.reporter.message(
+                f"{label} candidate (accuracy {candidate.accuracy:.4f}) is not confirmed on a fresh measurement "
+                f"({judged['outcome']}): {judged['summary']}"
+            )
+        outcomes = {r["outcome"] for r in rejected}
+        outcome = "inconclusive" if outcomes == {"inconclusive"} else "not met"
+        self.reporter.message(
+            f"budgets {outcome}: no candidate was confirmed on the device as meeting every budget"
+            + (
+                " (the measurements could not decide; try more --confirm-windows or a quieter device)"
+                if outcome == "inconclusive"
+                else ""
+            )
+        )
+        return {"met": False, "outcome": outcome, "rejected": rejected}
 
     def _write_final(self, candidate: Candidate, plan: CompressionPlan) -> None:
         run_dir = self.context.run_dir
         (run_dir / f"model.{self.context.target.format}").write_bytes(candidate.artifact.data)
         save_json(run_dir / "plan.json", plan.to_json())
-
-
-def _shown(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4g}"
+        write_text(run_dir / CHECK_FILE, check_config(self.context, self.state.targets))

@@ -29,6 +29,7 @@ from edgecompress.search import _decide as decide
 from edgecompress.search._candidate import Candidate, measure_candidate
 from edgecompress.search._context import RunContext
 from edgecompress.search._progress import Reporter, StopFlag
+from edgecompress.verdict import Decision, WindowPlan
 
 log = logging.getLogger("edgecompress.tune")
 # A device that goes away and comes back more often than this within one measurement is not usable.
@@ -45,6 +46,7 @@ class DeviceRecord:
 
     observation: dict[str, Any]
     values: dict[str, float | None]
+    decisions: dict[str, Decision]
     transfer_s: float
     measure_s: float
     member: str
@@ -56,6 +58,7 @@ def measure_on(
     artifact: Artifact,
     thresholds: dict[str, float] | None = None,
     on_event: Callable[[str], None] = log.info,
+    windows: WindowPlan | None = None,
 ) -> DeviceRecord:
     """Measure an artifact on a leased pool member; with ``thresholds``, budgets the verdict cannot decide yet get
     more windows before they are judged.
@@ -69,7 +72,15 @@ def measure_on(
         try:
             with pool.lease() as lease:
                 member = lease.member
-                result = measure_candidate(lease.session, artifact, context.request, list(context.budgets), thresholds)
+                result = measure_candidate(
+                    lease.session,
+                    artifact,
+                    context.request,
+                    list(context.budgets),
+                    thresholds,
+                    windows=windows or context.windows,
+                    reference=(context.original, context.relative_keys) if thresholds and context.original else None,
+                )
             break
         except (PoolDown, DeviceUnavailable):
             raise
@@ -79,6 +90,7 @@ def measure_on(
     return DeviceRecord(
         observation=result.observation.to_json(with_raw=True),
         values=result.observation.values,
+        decisions=result.observation.decisions,
         transfer_s=result.transfer_s,
         measure_s=result.measure_s,
         member=lease.member,
@@ -182,13 +194,17 @@ class TrialPipeline:
             candidate = host.submit(self._build, setup, plan).result()
             trial.set_user_attr("candidate", candidate.to_json())
             values: dict[str, float | None] = dict(candidate.host_values(list(context.budgets)))
+            decisions: dict[str, Decision] = {}
             host_thresholds = {b.key: thresholds[b.key] for b in context.budgets if b.spec.on_host}
             if not verdict.feasible(values, host_thresholds):
                 # No device time for a candidate the host already knows is over budget.
                 trial.set_user_attr("device", "skipped: over a host-checked budget")
             else:
-                device = measure_on(self.pool, context, candidate.artifact, thresholds, self.reporter.message)
+                judged = context.judged(thresholds, self.original_values)
+                device = measure_on(self.pool, context, candidate.artifact, judged, self.reporter.message)
                 values.update(device.values)
+                decisions = device.decisions
+                trial.set_user_attr("decisions", {k: d.to_json() for k, d in decisions.items()})
                 trial.set_user_attr("observation", device.observation)
                 trial.set_user_attr("member", device.member)
                 trial.set_user_attr(
@@ -205,7 +221,7 @@ class TrialPipeline:
                     trial.set_user_attr("values", values)
                     self._fail(trial, f"the device reported no value for {', '.join(lacking)}", record)
                     return record
-            violations = verdict.violations(values, thresholds)
+            violations = verdict.constraints(values, thresholds, decisions)
             feasible = all(v <= 0 for v in violations.values())
             trial.set_user_attr("values", values)
             trial.set_user_attr("feasible", feasible)
@@ -223,6 +239,7 @@ class TrialPipeline:
                 state="COMPLETE",
                 violations=violations,
                 objective=value,
+                decisions={k: d.to_json() for k, d in decisions.items()},
             )
         except (DeviceUnavailable, PoolDown) as exc:
             # The device's failure, not the candidate's: the same plan is queued again (before this trial fails, so
@@ -246,7 +263,7 @@ class TrialPipeline:
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial, record: dict[str, Any]) -> dict[str, Any]:
         """A plan evaluated already (a sampler that proposes it again, often after a resume) is not built or
         measured again: the earlier trial's result is told for it, and the trial says whose it is."""
-        for key in ("candidate", "values", "feasible", "violations", "timings", "member"):
+        for key in ("candidate", "values", "decisions", "feasible", "violations", "timings", "member"):
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
         trial.set_user_attr("duplicate_of", earlier.number)
