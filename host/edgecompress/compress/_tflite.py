@@ -11,9 +11,12 @@ import contextlib
 import io
 import logging
 import os
+import sys
+import tempfile
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -24,6 +27,9 @@ from edgecompress.errors import ExportError
 EXTRA_HINT = "install the TFLite extra: pip install 'edgecompress[tflite]'"
 # Largest calibration batch pushed through the observed model at once: bounds memory on large inputs.
 CALIB_BATCH = 128
+
+log = logging.getLogger("edgecompress.compress.tflite")
+_STDERR_LOCK = threading.Lock()  # fd 2 is one per process: one conversion redirects it at a time
 
 
 def _litert_torch():
@@ -48,18 +54,88 @@ def interpreter_module():
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """litert-torch, torchao and torch.export print pages of notices per model; keep them off the console."""
+    """litert-torch, torchao and torch.export print pages of notices per model; keep them off the console.
+
+    Their Python loggers are turned down; what the converter's C++ code (absl and TF logging: ``I0000 ...
+    flatbuffer_export.cc``) and handlers bound to the original stderr write to the process's stderr goes to this
+    module's log (tune.log in a run) instead.
+    """
     loggers = [logging.getLogger(n) for n in ("torch", "torchao", "absl", "litert_torch", "jax")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with _stderr_to_log(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _stderr_to_log() -> Iterator[None]:
+    """File descriptor 2 into a temporary file, logged line by line afterwards.
+
+    C++ code writes to the descriptor itself, so sys.stderr cannot catch it. Python code keeps the console
+    meanwhile (a progress bar drawn by another thread): sys.stderr is pointed at a copy of the original descriptor.
+    Records of the root logger (``logging.warning`` in litert-torch) come to this log too: with no handler there,
+    the first one would install a console handler (logging.basicConfig).
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        previous = sys.stderr
+        previous.flush()
+        console = os.fdopen(os.dup(2), "w", buffering=1, encoding=previous.encoding or "utf-8", errors="replace")
+        root = logging.getLogger()
+        catcher = None if root.handlers else _RootToLog()
+        if catcher is not None:
+            root.addHandler(catcher)
+        sys.stderr = console
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            console.flush()
+            os.dup2(console.fileno(), 2)
+            sys.stderr = previous
+            if catcher is not None:
+                root.removeHandler(catcher)
+            _rebind(console, previous)
+            console.close()
+            sink.seek(0)
+            for line in sink.read().decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    log.info("converter: %s", line)
+
+
+class _RootToLog(logging.Handler):
+    """Library records that reach the root logger during a conversion, into this module's log at INFO at most."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("edgecompress"):
+            last_resort = logging.lastResort  # what logging does for our records when no handler is set
+            if last_resort is not None and record.levelno >= last_resort.level and not _handled_below_root(record.name):
+                last_resort.handle(record)
+            return
+        log.log(min(record.levelno, logging.INFO), "%s: %s", record.name, record.getMessage())
+
+
+def _handled_below_root(name: str) -> bool:
+    logger: logging.Logger | None = logging.getLogger(name)
+    while logger is not None and logger is not logging.getLogger():
+        if logger.handlers or not logger.propagate:
+            return True
+        logger = logger.parent
+    return False
+
+
+def _rebind(stream: TextIO, replacement: TextIO) -> None:
+    """Stream handlers a library created during the conversion (on the temporary sys.stderr) write to the real one."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values())]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
+                handler.setStream(replacement)
 
 
 def _fail(what: str, exc: Exception) -> ExportError:
@@ -85,7 +161,8 @@ def export_tflite(
     """The model as a .tflite flatbuffer with batch 1: fp32, or int8 (static, per-channel weights) calibrated on
     ``calib`` through litert-torch's PT2E quantizer. An int8 model takes and returns int8 tensors; their scale and
     zero point are in the flatbuffer (``predict_tflite`` applies them)."""
-    litert_torch = _litert_torch()
+    with _quiet():
+        litert_torch = _litert_torch()
     shape = tuple(int(d) for d in input_shape)
     example = (torch.zeros(shape),)
     model = model.eval()
@@ -97,9 +174,10 @@ def export_tflite(
             raise _fail("litert-torch cannot convert the model", exc) from exc
     if quant != "int8":
         raise ExportError(f"the TFLite path exports fp32 and int8, not {quant}")
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    with _quiet():
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
     # Traced with a dynamic batch (an example of 2: torch.export specialises a size of 1) so calibration runs whole
