@@ -151,6 +151,15 @@ def test_plan_json_round_trip_and_stage_ratios(digits_space):
     assert CompressionPlan.from_json(template, digits_space).is_identity
 
 
+def test_channels_are_rounded_to_8_by_default_as_tune_does(digits_space):
+    """compress's template, a plan file without round_to and the Python API prune as tune does (multiples of 8)."""
+    from edgecompress.config import TuneConfig
+
+    assert TuneConfig().round_to == 8
+    assert plan_template(digits_space)["round_to"] == 8
+    assert CompressionPlan().round_to == CompressionPlan.from_json({"ratios": {"conv1": 0.6}}).round_to == 8
+
+
 @pytest.mark.parametrize(
     ("channels", "ratio", "round_to", "kept"),
     [(64, 0.5, 1, 32), (64, 0.0, 1, 64), (10, 0.99, 1, 1), (64, 0.3, 8, 48), (6, 0.9, 4, 4), (3, 0.5, 8, 3)],
@@ -177,6 +186,26 @@ def test_half_everywhere_on_resnet_cuts_macs_by_more_than_60_percent():
     assert model.layer1[0].conv1.out_channels == 16  # the original is untouched
     assert pruned.layer1[0].conv1.out_channels == 8 and pruned.stem[0].out_channels == 8
     assert pruned(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_macs_are_the_multiply_accumulates_of_convolutions_and_linear_layers():
+    """BatchNorm, activations and pooling are no multiply-accumulates: a depthwise convolution counts its groups."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+        nn.ReLU6(),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+    macs, params = model_cost(model, (1, 3, 32, 32))
+    assert macs == 32 * 32 * 8 * (3 * 3 * 3) + 32 * 32 * 8 * (1 * 3 * 3) + 8 * 10
+    assert params == sum(p.numel() for p in model.parameters())
+    sequence = nn.Sequential(nn.Conv1d(4, 6, 5), nn.GELU(), nn.Flatten(), nn.Linear(6 * 12, 3))
+    assert model_cost(sequence, (2, 4, 16))[0] == 2 * (12 * 6 * 4 * 5 + 3 * 72)  # per call: the batch counts
 
 
 def test_apply_plan_prunes_to_the_planned_widths(digits, digits_space):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 
 import torch
@@ -21,16 +22,42 @@ from edgecompress.errors import ExportError
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
 def model_cost(model: nn.Module, input_shape: Iterable[int]) -> tuple[int, int]:
-    """(multiply-accumulates, parameters) of one inference at ``input_shape``."""
+    """(multiply-accumulates, parameters) of one inference at ``input_shape``.
+
+    The multiply-accumulates are those of the convolutions and linear layers, as MACs are usually quoted: a
+    BatchNorm, an activation or a pooling layer multiplies and adds too, but is no multiply-accumulate over weights.
+    """
+    macs = 0
+
+    def count(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Linear):
+            macs += output.numel() * module.in_features
+        elif isinstance(module, _CONVS):
+            # Each output element of a convolution sums in_channels/groups x kernel products (a transposed one:
+            # each input element is spread over out_channels/groups x kernel outputs).
+            kernel = math.prod(module.kernel_size)
+            if module.transposed:
+                macs += inputs[0].numel() * (module.out_channels // module.groups) * kernel
+            else:
+                macs += output.numel() * (module.in_channels // module.groups) * kernel
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, *_CONVS))]
     example = torch.zeros(tuple(int(d) for d in input_shape))
     was_training = model.training
     model.eval()
     try:
-        macs, params = tp.utils.count_ops_and_params(model, example)
+        with torch.no_grad():
+            model(example)
     finally:
         model.train(was_training)
-    return int(macs), int(params)
+        for hook in hooks:
+            hook.remove()
+    return macs, sum(p.numel() for p in model.parameters())
 
 
 def prune(model: nn.Module, plan: CompressionPlan, space: SearchSpace, input_shape: Iterable[int]) -> nn.Module:
@@ -70,9 +97,10 @@ def prune(model: nn.Module, plan: CompressionPlan, space: SearchSpace, input_sha
 
 
 def recalibrate_batchnorm(
-    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], max_batches: int = 16
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], max_batches: int = 16, device: str = "cpu"
 ) -> nn.Module:
-    """Re-estimate BatchNorm running statistics from data (a pruned layer's outputs change their distribution)."""
+    """Re-estimate BatchNorm running statistics from data (a pruned layer's outputs change their distribution), on
+    ``device``; the model comes back on the CPU."""
     norms = [m for m in model.modules() if isinstance(m, _BATCHNORMS)]
     if not norms:
         return model
@@ -82,23 +110,25 @@ def recalibrate_batchnorm(
         m.reset_running_stats()
         m.momentum = None  # cumulative average over every batch, not an exponential one
         m.train()
+    model.to(device)
     try:
         with torch.no_grad():
             for index, (inputs, _) in enumerate(batches):
                 if index >= max_batches:
                     break
-                model(inputs)
+                model(inputs.to(device))
     finally:
         for m in norms:
             m.momentum = saved[m]
-        model.eval()
+        model.to("cpu").eval()
     return model
 
 
-def apply_plan(model: nn.Module, plan: CompressionPlan, workload, space: SearchSpace) -> nn.Module:
-    """A pruned deep copy of ``model`` with BatchNorm statistics recalibrated on the workload's calibration data."""
+def apply_plan(model: nn.Module, plan: CompressionPlan, workload, space: SearchSpace, device: str = "cpu") -> nn.Module:
+    """A pruned deep copy of ``model`` with BatchNorm statistics recalibrated on the workload's calibration data
+    (on ``device``; the copy comes back on the CPU)."""
     plan.validate(space)
     pruned = prune(copy.deepcopy(model).eval(), plan, space, workload.input_shape)
     if not plan.is_identity:
-        recalibrate_batchnorm(pruned, workload.calib)
+        recalibrate_batchnorm(pruned, workload.calib, device=device)
     return pruned.eval()

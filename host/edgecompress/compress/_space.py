@@ -99,19 +99,24 @@ def kept_channels(channels: int, ratio: float, round_to: int = 1) -> int:
     return min(channels, keep_int)
 
 
+# Kept channel counts are multiples of 8 unless a plan says otherwise, as in tune (TuneConfig.round_to):
+# onnxruntime's CPU kernels block channels by 8, and an odd count can be slower than the unpruned layer.
+DEFAULT_ROUND_TO = 8
+
+
 @dataclass(frozen=True)
 class CompressionPlan:
     """What to do to a model: remove a fraction of each group's channels, then export in a numeric format.
 
     ``ratios`` maps group (or stage) names to the fraction of channels removed, in [0, 1); unnamed groups are kept.
     ``float_fallback`` names groups whose layers stay in float in an int8 model. ``round_to`` keeps channel counts
-    multiples of it (vector units like multiples of 4 or 8).
+    multiples of it (vector units like multiples of 4 or 8; 1 keeps the exact fraction).
     """
 
     ratios: Mapping[str, float] = field(default_factory=dict)
     quant: Quant = "fp32"
     float_fallback: tuple[str, ...] = ()
-    round_to: int = 1
+    round_to: int = DEFAULT_ROUND_TO
 
     def __post_init__(self) -> None:
         if not isinstance(self.ratios, Mapping):
@@ -158,7 +163,7 @@ class CompressionPlan:
             ratios=data.get("ratios", {}) or {},
             quant=data.get("quant", "fp32"),
             float_fallback=tuple(data.get("float_fallback", ()) or ()),
-            round_to=data.get("round_to", 1),
+            round_to=data.get("round_to", DEFAULT_ROUND_TO),
         )
         if space is not None:
             plan.validate(space)
@@ -187,7 +192,7 @@ def plan_template(space: SearchSpace) -> dict[str, Any]:
         "ratios": {group.name: 0.0 for group in space.groups},
         "quant": "fp32",
         "float_fallback": [],
-        "round_to": 1,
+        "round_to": DEFAULT_ROUND_TO,
         "groups": {g.name: {"channels": g.channels, "modules": list(g.modules)} for g in space.groups},
         "stages": {k: list(v) for k, v in space.stages.items()},
     }
