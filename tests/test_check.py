@@ -101,6 +101,8 @@ def test_statistics_behind_the_metrics():
 def test_size_is_compared_exactly():
     assert compare_values("size", 1000, 1100, 0.05).regressed
     assert not compare_values("size", 1000, 1040, 0.05).regressed
+    # Read in their units, as the budgets print them (not 5.906e+04).
+    assert compare_values("size", 59060, 61000, 0.05).describe().startswith("size 59.1 kB -> 61.0 kB, ratio 1.033")
 
 
 # -- configuration ---------------------------------------------------------------------------------------------------

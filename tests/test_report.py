@@ -352,3 +352,40 @@ def test_recorded_channels_are_what_the_pruner_leaves():
     pruned = search_space(apply_plan(model, plan, workload, space), workload.input_shape, workload.ignore)
     assert {g["group"]: g["after"] for g in recorded} == {g.name: g.channels for g in pruned.groups}
     assert any(g["after"] < g["before"] for g in recorded)
+
+
+def test_the_plan_table_shows_the_channels_actually_removed():
+    """A ratio that rounds to no channel (0.45 of 16 with round_to 8) shows 16 -> 16, not a ratio of 0.45."""
+    from edgecompress.report._html import _plan_section
+
+    groups = [
+        {"group": "conv1", "before": 16, "ratio": 0.45, "after": 16},
+        {"group": "conv2", "before": 32, "ratio": 0.5, "after": 16},
+    ]
+    page = _plan_section({"rounds": [{"round": 0, "groups": groups, "next_base": {"plan": {"quant": "fp32"}}}]})
+    assert "16 -&gt; 16" in page and "32 -&gt; 16" in page and "0.45" not in page
+    rows = re.findall(r"<tr>(.*?)</tr>", page)[1:]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
+    assert [c[:4] for c in cells] == [["conv1", "16", "16 -&gt; 16", "0"], ["conv2", "32", "32 -&gt; 16", "16"]]
+
+
+def test_bytes_and_memory_are_printed_in_their_units():
+    from edgecompress.budgets import format_value
+    from edgecompress.report._html import _drift_section, _environment_rows
+
+    svg_text = plots.accuracy_vs_metric(
+        [{"round": 0, "values": {"size": 59060.0}, "accuracy": 0.9, "feasible": True}],
+        "size",
+        "bytes",
+        [70000.0],
+        59060.0,
+        (80000.0, 0.95),
+        None,
+        [],
+    )
+    assert "e+04" not in svg_text and "59.1 kB" in svg_text and "70.0 kB" in svg_text
+    drift = _drift_section({"drift": [{"round": 1, "measurements": [{"values": {"size": 59060.0}, "drift": {}}]}]})
+    assert "e+04" not in drift and "59.1 kB" in drift
+    rows = dict(_environment_rows({"memory": {"total_bytes": 25275990016}}))
+    assert rows["memory"] == "23.5 GiB"
+    assert format_value(2.5e9, "bytes") == "2.50 GB"

@@ -281,6 +281,8 @@ def format_value(value: float | None, unit: str) -> str:
     if value is None or not math.isfinite(value):
         return "n/a"
     if unit == "bytes":
+        if value >= 1e9:
+            return f"{value / 1e9:.2f} GB"
         return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
     return f"{value:.3f} {unit}" if unit != "count" else f"{value:g}"
 

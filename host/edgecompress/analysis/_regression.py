@@ -109,8 +109,16 @@ class RegressionResult:
             figures = f"ratio {self.ratio:.3f} ({self.confidence:.0%} CI{over} {self.ci_low:.3f}-{self.ci_high:.3f}"
             figures += f", Mann-Whitney p={self.p_value:.2g})" if self.p_value is not None else ")"
         verdict = "regression" if self.regressed else ("within tolerance" if self.ratio > 1 else "not slower")
+        from edgecompress.budgets import format_value, unit_of  # budgets imports this package
+
+        unit = unit_of(self.metric)
+        values = (
+            f"{format_value(self.baseline_value, unit)} -> {format_value(self.current_value, unit)}"
+            if unit
+            else f"{self.baseline_value:.4g} -> {self.current_value:.4g}"
+        )
         return (
-            f"{self.metric} {self.baseline_value:.4g} -> {self.current_value:.4g}, {figures}, "
+            f"{self.metric} {values}, {figures}, "
             f"tolerance {self.tolerance:.0%}, n={self.baseline_n}/{self.current_n}: {verdict}"
         )
 

@@ -391,7 +391,7 @@ def _plan_section(results: Mapping[str, Any]) -> Raw:
         per_round = [{g["group"]: g for g in r["groups"]} for r in rounds]
         headers = ["group", "original channels"]
         for r in rounds:
-            headers += [f"round {r['round']} ratio", f"after round {r['round']}"]
+            headers += [f"round {r['round'] + 1} channels", f"round {r['round'] + 1} removed"]
         headers.append("kept")
         rows = []
         for g in first:
@@ -399,12 +399,26 @@ def _plan_section(results: Mapping[str, Any]) -> Raw:
             after = g["before"]
             for entry in per_round:
                 this = entry.get(g["group"])
-                row += [num(this["ratio"] if this else None, 3), num(this["after"] if this else None)]
-                after = this["after"] if this else after
+                if this is None:
+                    row += [cell("–"), num(None)]
+                    continue
+                # What the pruner did, not the plan's ratio: channels go in multiples of round_to, so a ratio
+                # can remove fewer channels than it says, or none.
+                row += [
+                    cell(f"{this['before']} -> {this['after']}", this["after"]),
+                    num(this["before"] - this["after"]),
+                ]
+                after = this["after"]
             row.append(num(after / g["before"] if g["before"] else None, 3, "x"))
             rows.append(row)
-        quant = ", ".join(f"round {r['round']}: {r['next_base'].get('plan', {}).get('quant')}" for r in rounds)
-        return Raw(table(headers, rows, sortable=True, id_="plan-table") + para(f"Numeric format: {quant}."))
+        quant = ", ".join(f"round {r['round'] + 1}: {r['next_base'].get('plan', {}).get('quant')}" for r in rounds)
+        return Raw(
+            table(headers, rows, sortable=True, id_="plan-table")
+            + para(
+                "Channels each round's chosen plan removed from each group (the plan's ratios are rounded to whole "
+                f"channels in multiples of its round_to). Numeric format: {quant}."
+            )
+        )
     rows = [[r["round"], _plan_text(r["next_base"].get("plan"))] for r in rounds]
     return Raw(
         table(("round", "chosen plan (ratio of channels removed per group or stage)"), rows)
@@ -527,7 +541,11 @@ def _drift_section(results: Mapping[str, Any]) -> Raw:
                 [
                     record.get("round"),
                     i + 1,
-                    ", ".join(f"{k} {v:.4g}" for k, v in (m.get("values") or {}).items() if v is not None),
+                    ", ".join(
+                        f"{k} {format_value(v, unit_of(k))}"
+                        for k, v in (m.get("values") or {}).items()
+                        if v is not None
+                    ),
                     ", ".join(f"{k} {100 * v:+.1f}%" for k, v in (m.get("drift") or {}).items()),
                     "yes" if record.get("warned") else "no",
                 ]
@@ -559,7 +577,10 @@ def _environment_rows(hello: Mapping[str, Any]) -> list[tuple[str, Any]]:
         ("board", hello.get("board")),
         ("L4T", hello.get("l4t")),
         ("CPU", f"{cpu.get('model')} ({cpu.get('arch')}, {cpu.get('count')} cores)" if cpu else None),
-        ("memory", format_value(memory.get("total_bytes"), "bytes") if memory else None),
+        (
+            "memory",
+            f"{memory['total_bytes'] / 2**30:.1f} GiB" if memory.get("total_bytes") else None,
+        ),  # as devices info
         ("runtimes", runtimes),
         ("device Python", python.get("version")),
         ("device numpy", hello.get("numpy")),

@@ -7,6 +7,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from edgecompress.budgets import format_value
+
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
 header{background:#1d2733;color:#fff;padding:18px 28px}header h1{margin:0 0 4px;font-size:22px}
@@ -68,7 +70,7 @@ def num(value: float | None, digits: int = 4, unit: str = "") -> Raw:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return Raw('<td class="n" data-v="">–</td>')
     if unit == "bytes":
-        text = f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
+        text = format_value(value, unit)
     else:
         text = (f"{value:.{digits}g}" if isinstance(value, float) else str(value)) + (f" {unit}" if unit else "")
     return Raw(f'<td class="n" data-v="{value!r}">{html.escape(text)}</td>')

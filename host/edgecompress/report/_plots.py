@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgecompress.analysis import PROBABILITIES, TailEstimate
+from edgecompress.budgets import format_value
 
 # Figures in one page share a document: each gets its own hash salt, so the ids matplotlib writes for clip paths
 # and markers cannot collide between two inline SVGs.
@@ -122,8 +123,14 @@ def accuracy_vs_metric(
                         label=f"round {t} trials",
                         zorder=3,
                     )
-            ax.axvline(limit, color=colour, linestyle="--", linewidth=1, label=f"round {t} threshold {limit:.4g}")
-        ax.axvline(target, color="black", linewidth=1.4, label=f"budget {target:.4g} {unit}")
+            ax.axvline(
+                limit,
+                color=colour,
+                linestyle="--",
+                linewidth=1,
+                label=f"round {t} threshold {format_value(limit, unit)}",
+            )
+        ax.axvline(target, color="black", linewidth=1.4, label=f"budget {format_value(target, unit)}")
         for t, value, accuracy in bases:
             if value is not None:
                 ax.scatter(
