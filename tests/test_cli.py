@@ -78,3 +78,12 @@ def test_devices_info_says_which_rails_make_the_power_total(tmp_path, cli_env):
     info = run_cli("devices", "info", str(profile), env=dict(cli_env, COLUMNS="200"))
     assert info.returncode == 0, info.stderr
     assert "total = VDD_GPU_SOC + VDD_CPU_CV + VIN_SYS_5V0; VDDQ_VDD2_1V8AO is inside VIN_SYS_5V0" in info.stdout
+
+
+def test_bench_says_when_min_seconds_ran_more_than_the_runs_asked(tiny_onnx, cli_env):
+    longer = run_cli("bench", str(tiny_onnx), "--runs", "5", "--min-seconds", "0.3", "--json", env=cli_env)
+    assert longer.returncode == 0, longer.stderr
+    count = json.loads(longer.stdout)["latency"]["count"]
+    assert count > 5 and f"{count} runs, not 5" in longer.stderr and "--min-seconds 0.3" in longer.stderr
+    exact = run_cli("bench", str(tiny_onnx), "--runs", "5", "--min-seconds", "0", "--json", env=cli_env)
+    assert exact.returncode == 0 and "runs, not" not in exact.stderr, exact.stderr

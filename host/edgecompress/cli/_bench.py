@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgecompress.artifact import load_artifact
 from edgecompress.cli._app import app, console, err_console
 from edgecompress.cli._device_options import accept_new_host_option, upload_progress
 from edgecompress.config import resolve_device
-from edgecompress.device import measure_request
+from edgecompress.device import MeasureRequest, measure_request
 from edgecompress.gate import batch_input_shapes, measure_model
 from edgecompress.observe import Observation
 
@@ -57,11 +58,14 @@ def bench(
         artifact,
         spec,
         [],
-        on_event=lambda m: err_console.print(f"[yellow]{m}[/]"),
+        on_event=lambda m: err_console.print(f"[yellow]{escape(m)}[/]"),
         upload=lambda size: upload_progress(err_console, size, f"sending {model.name} to {profile.name}"),
         accept_new_host=accept_new_host,
     )
     observation, hello = run.observation, run.hello
+    note = _run_count_note(spec, observation.latency.count)
+    if note:
+        err_console.print(f"note: {note}", highlight=False, markup=False)
     if html is not None:
         from edgecompress.report import bench_report_html, write_html
 
@@ -81,6 +85,19 @@ def bench(
         print(json.dumps(_bench_json(str(model), profile.name, spec.runtime, observation, hello), indent=2))
     else:
         _print_bench(model.name, profile.name, spec.runtime, observation, hello)
+
+
+def _run_count_note(spec: MeasureRequest, count: int) -> str | None:
+    """Why the timed loop ran another number of inferences than --runs: it runs at least min_seconds too, and
+    stops at max_seconds whatever the count."""
+    if count > spec.runs and spec.min_seconds > 0:
+        return (
+            f"{count} runs, not {spec.runs}: the timed loop also runs for at least --min-seconds "
+            f"{spec.min_seconds:g} (the profile's default unless given); --min-seconds 0 for exactly {spec.runs}"
+        )
+    if count < spec.runs:
+        return f"{count} runs, not {spec.runs}: --max-seconds {spec.max_seconds:g} stopped the timed loop first"
+    return None
 
 
 def _bench_json(
