@@ -218,3 +218,32 @@ def test_the_composed_plan_rebuilds_the_final_channel_counts_from_the_original()
     assert composed.quant == "int8"
     alone = apply_plan(original, last, workload, first_space)
     assert {g.name: g.channels for g in search_space(alone, workload.input_shape, workload.ignore).groups} != channels
+
+
+def test_host_compute_device_is_resolved_and_a_missing_gpu_is_a_config_error():
+    import torch
+
+    from edgecompress.compress import resolve_host_device
+
+    assert resolve_host_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_host_device("auto") in ("cpu", "mps")
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_host_device("cuda")
+    with pytest.raises(ConfigError, match="choose auto"):
+        resolve_host_device("tpu")
+
+
+def test_fine_tuning_on_an_explicit_device_returns_a_cpu_model_and_leaves_the_teacher_alone():
+    import torch
+
+    from edgecompress.compress import finetune
+    from edgecompress.workload import load_workload
+
+    workload = load_workload(example="digits", val_limit=100)
+    teacher = workload.build_model().eval()
+    torch.manual_seed(0)
+    tuned = finetune(teacher, teacher, workload, steps=3, device="cpu")
+    assert all(p.device.type == "cpu" for p in tuned.parameters())
+    assert all(p.device.type == "cpu" for p in teacher.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.parameters(), teacher.parameters(), strict=True))

@@ -62,6 +62,9 @@ def compress(
     val_limit: int | None = typer.Option(None, "--val-limit", min=1, help="Evaluate on the first N samples only."),
     coarsen: bool = typer.Option(False, "--coarsen", help="Template with one ratio per stage instead of per group."),
     force: bool = typer.Option(False, "--force", help="Replace the files of an earlier run in the output folder."),
+    host_device: str = typer.Option(
+        "auto", "--host-device", help="Where BatchNorm recalibration and fine-tuning run: auto, cpu, cuda or mps."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Prune, fine-tune, export and quantize a model per a plan; write the artifact, the plan and a report.
@@ -69,13 +72,14 @@ def compress(
     Without --plan the model is exported unchanged and plan-template.json names every prunable group (channels
     coupled by residual connections prune together), ready to edit.
     """
-    from edgecompress.compress import CompressionPlan, model_cost, plan_template, search_space
+    from edgecompress.compress import CompressionPlan, model_cost, plan_template, resolve_host_device, search_space
     from edgecompress.compress._build import first_batch
     from edgecompress.compress._export import check_opset, max_abs_diff
     from edgecompress.search import build_candidate
     from edgecompress.workload import load_workload
 
     check_opset(opset)
+    device = resolve_host_device(host_device)
     raw_plan = _read_plan(plan_file) if plan_file is not None else None
     stale = _check_output(output, force)
     started = time.perf_counter()
@@ -102,6 +106,7 @@ def compress(
             finetune_steps=finetune_steps,
             finetune_lr=FINETUNE_LR,
             on_stage=status.update,
+            device=device,
         )
         artifact, score = candidate.artifact, candidate.accuracy
         fp32_diff = max_abs_diff(artifact.data, pruned, first_batch(workload)) if plan.quant == "fp32" else None

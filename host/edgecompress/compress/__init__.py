@@ -13,7 +13,7 @@ accuracy = evaluate_artifact(artifact, workload)
 from edgecompress.compress._build import build_artifact
 from edgecompress.compress._evaluate import evaluate_artifact, predict
 from edgecompress.compress._export import MAX_OPSET, MIN_OPSET, export_onnx, max_abs_diff
-from edgecompress.compress._finetune import finetune
+from edgecompress.compress._finetune import finetune, resolve_host_device
 from edgecompress.compress._prune import apply_plan, model_cost, recalibrate_batchnorm
 from edgecompress.compress._space import CompressionPlan, Group, SearchSpace, kept_channels, plan_template, search_space
 
@@ -28,6 +28,7 @@ __all__ = [
     "evaluate_artifact",
     "export_onnx",
     "finetune",
+    "resolve_host_device",
     "kept_channels",
     "max_abs_diff",
     "model_cost",

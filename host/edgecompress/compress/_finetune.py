@@ -36,18 +36,23 @@ def finetune(
     alpha: float = 0.9,
     weight_decay: float = 5e-5,
     progress: Callable[[int, float], None] | None = None,
+    device: str = "cpu",
 ) -> nn.Module:
     """A fine-tuned copy of ``student`` after ``steps`` SGD steps on the workload's training data.
 
     The learning rate follows a cosine decay to zero over the steps, so a short run ends settled rather than
-    mid-jump. ``progress(step, loss)`` is called after every step.
+    mid-jump. ``progress(step, loss)`` is called after every step. The steps run on ``device`` (a torch device
+    name: cpu, cuda, mps); the copy comes back on the CPU, where export runs.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     student = copy.deepcopy(student)
     if steps == 0:
         return student.eval()
-    teacher = teacher.eval()
+    on_cpu = torch.device(device).type == "cpu"
+    student = student.to(device)
+    # The caller's teacher stays where it is (the run keeps using it on the CPU).
+    teacher = (teacher if on_cpu else copy.deepcopy(teacher).to(device)).eval()
     optimiser = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     student.train()
@@ -55,6 +60,8 @@ def finetune(
     for step, (inputs, labels) in enumerate(batches):
         if step >= steps:
             break
+        if not on_cpu:
+            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.no_grad():
             teacher_logits = teacher(inputs)
         loss = distillation_loss(student(inputs), teacher_logits, labels, temperature, alpha)
@@ -64,4 +71,22 @@ def finetune(
         schedule.step()
         if progress is not None:
             progress(step + 1, loss.item())
-    return student.eval()
+    return student.to("cpu").eval()
+
+
+def resolve_host_device(requested: str) -> str:
+    """The torch device for host compute: ``auto`` is CUDA when torch sees a GPU, else Apple's MPS, else the CPU;
+    an explicit device that is not there is a ConfigError."""
+    from edgecompress.errors import ConfigError
+
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if requested == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if requested == "cuda" and not cuda:
+        raise ConfigError("--host-device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False)")
+    if requested == "mps" and not mps:
+        raise ConfigError("--host-device mps: torch sees no Apple GPU here (torch.backends.mps.is_available())")
+    if requested not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--host-device {requested!r}: choose auto, cpu, cuda or mps")
+    return requested
