@@ -126,6 +126,11 @@ def test_tune_meets_its_budgets_and_writes_its_folder(tmp_path, env):
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in final_model.parameters()]
     assert (out / "study.sqlite3").is_file()
     assert (out / "tune.log").is_file()
+    # Host compute where torch found it, recorded.
+    from edgecompress.compress import resolve_host_device
+
+    assert results["device"]["host_device"] == resolve_host_device("auto")
+    assert "host compute (fine-tuning, distillation, BatchNorm) on" in stdout
     # A size budget rewards int8 whatever its speed: no probe.
     assert results["base"]["quant_probe"]["measured"] == {}
     assert "size" in results["base"]["quant_probe"]["skipped"]
@@ -325,6 +330,7 @@ def test_a_host_checked_budget_spends_no_device_time(tmp_path, env, monkeypatch)
         (["--example", "digits", "--budget", "latency.mean<=fast"], "not of the form"),
         (["--example", "digits", "--budget", "latency.mean<=1ms", "--schedule", "cubic"], "schedule"),
         (["--example", "nope", "--budget", "latency.mean<=1ms"], "nope"),
+        (["--example", "digits", "--budget", "latency.mean<=1ms", "--host-device", "tpu"], "host_device"),
     ],
 )
 def test_bad_tune_input_is_one_line_and_leaves_no_folder(tmp_path, env, args, message):

@@ -261,6 +261,8 @@ class TuneConfig(_Strict):
     min_windows: int = Field(default=2, ge=1, le=100)
     max_windows: int = Field(default=6, ge=1, le=100)
     confirm_windows: int = Field(default=10, ge=1, le=200)
+    # Where fine-tuning, distillation and BatchNorm recalibration run: auto = CUDA when torch sees a GPU.
+    host_device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 
 def load_tune_config(path: Path | None, overrides: dict) -> TuneConfig:

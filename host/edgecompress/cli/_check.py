@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -19,7 +19,9 @@ from edgecompress.config import resolve_device
 from edgecompress.device import measure_request
 from edgecompress.errors import BudgetError, ConfigError, DeviceError
 from edgecompress.gate import (
+    Baseline,
     CheckResult,
+    RegressionSettings,
     batch_input_shapes,
     load_baseline,
     load_check_config,
@@ -169,17 +171,7 @@ def check(
     for path, flag in ((junit, "--junit"), (json_path, "--json"), (markdown, "--markdown"), (html, "--html")):
         _output_folder_ok(path, flag)
     history_path = history or (Path(settings.history) if settings.history else None)
-    baseline_path = baseline or (Path(settings.baseline) if settings.baseline else None)
-    if history_path is not None:
-        _output_folder_ok(str(history_path), "--history")
-    base = None
-    if baseline_path is not None:
-        base = load_baseline(baseline_path)
-    elif history_path is not None:
-        past = read_history(history_path)
-        for problem in past.problems:
-            err_console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
-        base = past.baseline(model_name, profile.name, spec.runtime, regression.baseline_runs)
+    base = _baseline(baseline or settings.baseline, history_path, model_name, profile.name, spec.runtime, regression)
 
     try:
         with err_console.status(f"measuring {model.name} on {profile.name}"):
@@ -219,6 +211,28 @@ def check(
         )
         result = parity_check.with_parity(result, parity)
 
+    _write_reports(result, parity, base, junit, json_path, markdown, html, history_path)
+    for line in result.problems():
+        err_console.print(line, highlight=False, soft_wrap=True, markup=False)
+    if parity is None:
+        sys.exit(result.exit_code)
+    parity_check.print_parity_problem(parity)
+    sys.exit(parity_check.combined_exit_code(result.exit_code, parity))
+
+
+def _write_reports(
+    result: CheckResult,
+    parity: Any,
+    base: Baseline | None,
+    junit: str | None,
+    json_path: str | None,
+    markdown: str | None,
+    html: str | None,
+    history_path: Path | None,
+) -> None:
+    """Every report asked for, the history line, and the table on the console (unless a report took stdout)."""
+    from edgecompress.cli import _validate as parity_check
+
     if junit:
         if parity is None:
             write_junit(result, junit)
@@ -239,12 +253,28 @@ def check(
         _print_result(result)
         if parity is not None:
             parity_check.print_parity(parity)
-    for line in result.problems():
-        err_console.print(line, highlight=False, soft_wrap=True, markup=False)
-    if parity is None:
-        sys.exit(result.exit_code)
-    parity_check.print_parity_problem(parity)
-    sys.exit(parity_check.combined_exit_code(result.exit_code, parity))
+
+
+def _baseline(
+    baseline: Path | str | None,
+    history_path: Path | None,
+    model_name: str,
+    device: str,
+    runtime: str,
+    regression: RegressionSettings,
+) -> Baseline | None:
+    """The baseline to compare with: --baseline, else the history's last passing runs of this model, device and
+    runtime; None for the first run."""
+    if history_path is not None:
+        _output_folder_ok(str(history_path), "--history")
+    if baseline is not None:
+        return load_baseline(Path(baseline))
+    if history_path is None:
+        return None
+    past = read_history(history_path)
+    for problem in past.problems:
+        err_console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
+    return past.baseline(model_name, device, runtime, regression.baseline_runs)
 
 
 def _print_result(result: CheckResult) -> None:

@@ -47,7 +47,7 @@ class ConsoleReporter:
         ratios = plan.get("ratios") or {}
         mean_ratio = sum(ratios.values()) / len(ratios) if ratios else 0.0
         best_text = f"{best:.4f}" if best is not None else "-"
-        eta = f"{eta_s / 60:.1f} min" if eta_s is not None else "-"
+        eta = f"{eta_s / 60:.1f} min of trials" if eta_s is not None else "-"
         console.print(
             f"  #{record['number']:<3} {mark} acc {record.get('accuracy', float('nan')):.4f}  {shown}  "
             f"{plan.get('quant', '?')} prune~{mean_ratio:.2f}  best {best_text}  ETA {eta}",
@@ -136,6 +136,12 @@ def tune(
     confirm_windows: int | None = typer.Option(
         None, min=1, help="Windows the final confirmation may take (default 10)."
     ),
+    host_device: str | None = typer.Option(
+        None,
+        "--host-device",
+        help="Where fine-tuning, distillation and BatchNorm recalibration run: auto (CUDA when torch sees a GPU), "
+        "cpu, cuda or mps. Export and scoring stay on the CPU.",
+    ),
     device_wait: float | None = typer.Option(
         None,
         "--device-wait",
@@ -184,6 +190,7 @@ def tune(
             "storage": storage,
             "accept_new_host": accept_new_host or None,
             "device_wait_s": device_wait,
+            "host_device": host_device,
             "confidence": confidence,
             "max_windows": max_windows,
             "confirm_windows": confirm_windows,

@@ -248,7 +248,7 @@ def _schedule_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str,
         "a budget the original already meets stays at the budget."
     )
     rows = [
-        [t, *[num(schedule[k][t] if t < len(schedule[k]) else None, unit=u) for k, u, _ in keys]]
+        [t + 1, *[num(schedule[k][t] if t < len(schedule[k]) else None, unit=u) for k, u, _ in keys]]
         for t in range(max((len(v) for v in schedule.values()), default=0))
     ]
     return Raw(figs([fig(svg_text, caption)]) + table(("round", *[f"threshold {k}" for k, _, _ in keys]), rows))
@@ -419,7 +419,7 @@ def _plan_section(results: Mapping[str, Any]) -> Raw:
                 f"channels in multiples of its round_to). Numeric format: {quant}."
             )
         )
-    rows = [[r["round"], _plan_text(r["next_base"].get("plan"))] for r in rounds]
+    rows = [[r["round"] + 1, _plan_text(r["next_base"].get("plan"))] for r in rounds]
     return Raw(
         table(("round", "chosen plan (ratio of channels removed per group or stage)"), rows)
         + para("Channel counts per group were not recorded by this run (an older version).", "note")
@@ -432,7 +432,7 @@ def _rounds_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
         nb = r["next_base"]
         rows.append(
             [
-                r["round"],
+                r["round"] + 1,  # rounds are counted from 1 wherever people read them (console, report)
                 num(r["chosen_trial"]),
                 "yes" if r.get("feasible") else "no (least violating)",
                 *[num((r.get("thresholds") or {}).get(k), unit=u) for k, u, _ in keys],
@@ -479,7 +479,7 @@ def _trials_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
         mark = "✓" if feasible else ("✗" if feasible is False else "–")
         rows.append(
             [
-                num(tr.get("round")),
+                num(None if tr.get("round") is None else tr["round"] + 1),
                 num(tr.get("number")),
                 tr.get("state"),
                 cell(mark, int(bool(feasible))),
@@ -539,7 +539,7 @@ def _drift_section(results: Mapping[str, Any]) -> Raw:
         for i, m in enumerate(record.get("measurements") or []):
             rows.append(
                 [
-                    record.get("round"),
+                    record.get("round", 0) + 1,
                     i + 1,
                     ", ".join(
                         f"{k} {format_value(v, unit_of(k))}"

@@ -120,7 +120,7 @@ def accuracy_vs_metric(
                         facecolors=colour if feasible else "none",
                         edgecolors=colour,
                         linewidths=1.2,
-                        label=f"round {t} trials",
+                        label=f"round {t + 1} trials",
                         zorder=3,
                     )
             ax.axvline(
@@ -128,7 +128,7 @@ def accuracy_vs_metric(
                 color=colour,
                 linestyle="--",
                 linewidth=1,
-                label=f"round {t} threshold {format_value(limit, unit)}",
+                label=f"round {t + 1} threshold {format_value(limit, unit)}",
             )
         ax.axvline(target, color="black", linewidth=1.4, label=f"budget {format_value(target, unit)}")
         for t, value, accuracy in bases:
@@ -142,7 +142,7 @@ def accuracy_vs_metric(
                     edgecolors="black",
                     linewidths=0.8,
                     zorder=4,
-                    label=f"round {t} fine-tuned",
+                    label=f"round {t + 1} fine-tuned",
                 )
         if original[0] is not None:
             ax.scatter([original[0]], [original[1]], marker="*", s=140, color=ORIGINAL, zorder=5, label="original")
@@ -229,7 +229,7 @@ def best_feasible(trials: Sequence[Mapping[str, Any]], original_accuracy: float 
                 s=18,
                 facecolors=[colour if ordered[i].get("feasible") else "none" for i in rows],
                 edgecolors=colour,
-                label=f"round {t} trials",
+                label=f"round {t + 1} trials",
                 zorder=3,
             )
             ax.step(
@@ -238,7 +238,7 @@ def best_feasible(trials: Sequence[Mapping[str, Any]], original_accuracy: float 
                 where="post",
                 color=colour,
                 linewidth=2,
-                label=f"round {t} best feasible",
+                label=f"round {t + 1} best feasible",
             )
             if rows and rows[0] > 0:
                 ax.axvline(index[rows[0]] - 0.5, color="#bbbbbb", linewidth=0.8)
@@ -335,7 +335,7 @@ def energy_vs_accuracy(trials: Sequence[Mapping[str, Any]], key: str) -> str:
                 if tr["round"] == t and tr.get("accuracy") is not None and (tr.get("values") or {}).get(key) is not None
             ]
             if points:
-                ax.scatter(*zip(*points, strict=True), s=24, color=round_colour(t), label=f"round {t}")
+                ax.scatter(*zip(*points, strict=True), s=24, color=round_colour(t), label=f"round {t + 1}")
         ax.set_xlabel(f"{key} (mJ per inference)")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.25)

@@ -70,13 +70,15 @@ def build_candidate(
     finetune_steps: int = 0,
     finetune_lr: float = 1e-3,
     on_stage: Callable[[str], None] | None = None,
+    device: str = "cpu",
 ) -> tuple[nn.Module, Candidate]:
     """Prune ``base`` by ``plan`` (or take an already pruned ``model``), export (ONNX at ``opset``, or TFLite),
     quantize and evaluate it.
 
     With a ``teacher`` and ``finetune_steps``, a pruned candidate gets that many distillation steps before it is
     scored, so candidates are ranked closer to what they become after fine-tuning than to what pruning left.
-    ``on_stage`` hears what is being done (for a spinner), fine-tuning steps included.
+    ``on_stage`` hears what is being done (for a spinner), fine-tuning steps included. Pruning's BatchNorm
+    recalibration and the distillation run on ``device`` (host compute); export and scoring on the CPU.
     """
     stage = on_stage or (lambda text: None)
     if format == "onnx" and opset is None:
@@ -84,7 +86,7 @@ def build_candidate(
     t0 = time.perf_counter()
     if model is None:
         stage("pruning and recalibrating BatchNorm")
-        pruned = apply_plan(base, plan, workload, space)
+        pruned = apply_plan(base, plan, workload, space, device=device)
     else:
         pruned = model
     if model is None and teacher is not None and finetune_steps > 0 and not plan.is_identity:
@@ -96,6 +98,7 @@ def build_candidate(
             steps=finetune_steps,
             lr=finetune_lr,
             progress=lambda step, loss: stage(f"fine-tuning: step {step}/{finetune_steps}, loss {loss:.3f}"),
+            device=device,
         )
     stage(f"exporting {'ONNX opset ' + str(opset) if format == 'onnx' else 'TFLite'} ({plan.quant})")
     artifact = build_artifact(pruned, plan, workload, opset=opset or 0, format=format)

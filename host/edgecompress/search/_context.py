@@ -46,6 +46,7 @@ class RunContext:
     storage: str
     name: str
     original: Artifact | None = None  # the original's artifact, once measured: relative budgets pair with it
+    host_device: str = "cpu"  # the torch device of host compute (resolved from config.host_device)
 
     @property
     def relative_keys(self) -> frozenset[str]:
@@ -113,6 +114,7 @@ class RunContext:
             self.target.opset,
             self.config.val_limit,
             format=self.target.format,
+            device=self.host_device,
             **options,
         )
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from edgecompress.artifact import Artifact
 from edgecompress.budgets import Budget, check_budgets_measurable, parse_budgets
-from edgecompress.compress import CompressionPlan, apply_plan
+from edgecompress.compress import CompressionPlan, apply_plan, resolve_host_device
 from edgecompress.config import DeviceProfile, TuneConfig, resolve_device
 from edgecompress.device import DevicePool, open_session
 from edgecompress.errors import ConfigError, EdgecompressError
@@ -29,7 +29,7 @@ from edgecompress.search._context import RunContext
 from edgecompress.search._negotiate import export_target
 from edgecompress.search._phases import Phases
 from edgecompress.search._pipeline import RoundSetup, TrialPipeline
-from edgecompress.search._progress import LogReporter, Reporter, StopFlag
+from edgecompress.search._progress import Logged, LogReporter, Reporter, StopFlag
 from edgecompress.search._results import write_results
 from edgecompress.search._state import RunState, load_checkpoint, new_run_dir
 from edgecompress.workload import Workload, load_workload
@@ -54,18 +54,20 @@ class TuneRun:
     def __init__(self, config: TuneConfig, state: RunState, reporter: Reporter, checked: _Checked):
         self.config = config
         self.state = state
-        self.reporter = reporter
+        self.reporter: Reporter = reporter if isinstance(reporter, (LogReporter, Logged)) else Logged(reporter)
         self.budgets, self.profile, self.workload = checked
         self.storage = config.storage or f"sqlite:///{(state.run_dir / 'study.sqlite3').resolve()}"
-        self.name = config.name or f"tune-{config.example or 'model'}"
-        self.stop = StopFlag(notify=reporter.message)
+        self.name = state.study_name or study_name(config)
+        self.stop = StopFlag(notify=reporter.message)  # the console only: the flag logs it itself
 
     @classmethod
     def start(cls, config: TuneConfig, out: Path | None, reporter: Reporter, command: str = "") -> TuneRun:
         # Everything that can be checked without the device is checked before the folder exists: a mistake leaves
         # nothing behind, and the corrected command can use the same --out.
         checked = _check(config)
-        state = RunState(run_dir=new_run_dir(out), config=config.model_dump(), command=command)
+        state = RunState(
+            run_dir=new_run_dir(out), config=config.model_dump(), command=command, study_name=study_name(config)
+        )
         state.save()
         return cls(config, state, reporter, checked)
 
@@ -108,6 +110,10 @@ class TuneRun:
             )
         self.reporter.message(target.describe())
         check_budgets_measurable(self.budgets, hello, self.profile.power.source, self.profile.power.command)
+        host_device = resolve_host_device(config.host_device)
+        self.reporter.message(f"host compute (fine-tuning, distillation, BatchNorm) on {host_device}")
+        if self.state.device is not None:
+            self.state.device["host_device"] = host_device
         return RunContext(
             config=config,
             profile=self.profile,
@@ -117,6 +123,7 @@ class TuneRun:
             run_dir=self.state.run_dir,
             storage=self.storage,
             name=self.name,
+            host_device=host_device,
         )
 
     def _run(self, workload: Workload, pool: DevicePool, hello: dict[str, Any]) -> TuneResult:
@@ -173,7 +180,7 @@ class TuneRun:
             study.enqueue_trial(decide.identity_params(space, context.target.quant_modes))
         thresholds = self.state.thresholds(t)
         self.reporter.round_started(t, context.rounds, thresholds, context.config.trials_per_round)
-        return RoundSetup(t, study, space, base_model, thresholds)
+        return RoundSetup(t, study, space, base_model, thresholds, rounds_after=context.rounds - t - 1)
 
     def _final(self, context: RunContext, phases: Phases, original: nn.Module) -> dict[str, Any]:
         """Confirm the last base on a fresh measurement; fall back to the last round's feasible candidates before
@@ -189,11 +196,15 @@ class TuneRun:
         space = context.space(base_model)
         options = [
             ("fine-tuned", load_checkpoint(state.run_dir, last), plan),
-            ("best trial, not fine-tuned", apply_plan(base_model, plan, context.workload, space), plan),
+            (
+                "best trial, not fine-tuned",
+                apply_plan(base_model, plan, context.workload, space, device=context.host_device),
+                plan,
+            ),
         ]
         for other in decide.alternatives(trials, chosen.number, FINAL_ALTERNATIVES):
             other_plan = CompressionPlan.from_json(other.user_attrs["plan"])
-            model = apply_plan(base_model, other_plan, context.workload, space)
+            model = apply_plan(base_model, other_plan, context.workload, space, device=context.host_device)
             options.append((f"trial {other.number}, not fine-tuned", model, other_plan))
         state.final = phases.confirm_final(options, space, context.space(original))
         state.save()
@@ -201,6 +212,15 @@ class TuneRun:
 
 
 _Checked = tuple[list[Budget], DeviceProfile, Workload]
+
+
+def study_name(config: TuneConfig) -> str:
+    """The studies' name prefix: --name, else after the example or the model's entry point (tune-mypkg.models.build),
+    so runs of different models in one storage stay apart."""
+    if config.name:
+        return config.name
+    what = config.example or (config.model or "model").replace(":", ".")
+    return f"tune-{what}"
 
 
 def _check(config: TuneConfig) -> _Checked:

@@ -165,7 +165,7 @@ class Phases:
             if worst <= config.drift_tolerance:
                 break
             self.reporter.message(
-                f"round {t}: the original model drifted by {worst:.1%} since the start "
+                f"round {t + 1}: the original model drifted by {worst:.1%} since the start "
                 f"(tolerance {config.drift_tolerance:.0%})"
                 + (
                     f"; waiting {config.drift_wait_s:.0f} s and re-measuring"
@@ -186,21 +186,37 @@ class Phases:
         thresholds = self.state.thresholds(t)
         chosen, feasible = decide.select(study.get_trials(deepcopy=False), thresholds)
         if chosen is None:
-            raise EdgecompressError(f"round {t}: every trial failed; see {context.run_dir / 'tune.log'}")
+            raise EdgecompressError(f"round {t + 1}: every trial failed; see {context.run_dir / 'tune.log'}")
         if not feasible:
             self.reporter.message(
-                f"round {t}: no trial met the thresholds; keeping the least violating one "
+                f"round {t + 1}: no trial met the thresholds; keeping the least violating one "
                 f"(trial {chosen.number}) as the next base"
             )
         space = context.space(base_model)
         plan = CompressionPlan.from_json(chosen.user_attrs["plan"])
         self.reporter.message(
-            f"round {t}: best trial {chosen.number} (accuracy "
+            f"round {t + 1}: best trial {chosen.number} (accuracy "
             f"{chosen.user_attrs['candidate']['accuracy']:.4f}); fine-tuning "
             f"{config.finetune_steps} steps with distillation"
         )
-        pruned = apply_plan(base_model, plan, context.workload, space)
-        tuned = finetune(pruned, teacher, context.workload, steps=config.finetune_steps, lr=config.finetune_lr)
+        pruned = apply_plan(base_model, plan, context.workload, space, device=context.host_device)
+        steps = config.finetune_steps
+        marks = {max(1, steps * q // 4) for q in (1, 2, 3)}
+
+        def progress(step: int, loss: float) -> None:
+            # Minutes of fine-tuning on a large model: say where it is, a few times, instead of going quiet.
+            if step in marks:
+                self.reporter.message(f"round {t + 1}: fine-tuning step {step}/{steps}, distillation loss {loss:.3f}")
+
+        tuned = finetune(
+            pruned,
+            teacher,
+            context.workload,
+            steps=steps,
+            lr=config.finetune_lr,
+            progress=progress,
+            device=context.host_device,
+        )
         _, candidate = context.build(base_model, plan, space, model=tuned)
         device = self._judge(candidate, thresholds)
         base_verdict = self._verdict(candidate, thresholds, device)
@@ -218,11 +234,13 @@ class Phases:
                 "base_verdict": base_verdict,
             }
         )
-        self.reporter.message(f"round {t}: fine-tuned accuracy {candidate.accuracy:.4f}; " + base_verdict["summary"])
+        self.reporter.message(
+            f"round {t + 1}: fine-tuned accuracy {candidate.accuracy:.4f}; " + base_verdict["summary"]
+        )
         if not base_verdict["met"]:
             # The next round starts from it all the same (its thresholds cool further); the report says so too.
             self.reporter.message(
-                f"round {t}: the fine-tuned base does not meet this round's thresholds on a fresh measurement"
+                f"round {t + 1}: the fine-tuned base does not meet this round's thresholds on a fresh measurement"
             )
 
     def _judge(self, candidate: Candidate, thresholds: dict[str, float]) -> DeviceRecord:

@@ -106,6 +106,7 @@ class RoundSetup:
     space: SearchSpace
     base_model: nn.Module
     thresholds: dict[str, float]
+    rounds_after: int = 0  # rounds still to run after this one, for the ETA
 
 
 class TrialPipeline:
@@ -157,6 +158,7 @@ class TrialPipeline:
             done_here += 1
             trials = study.get_trials(deepcopy=False)
             remaining = config.trials_per_round - len(decide.counted(trials))
+            remaining += setup.rounds_after * config.trials_per_round  # the run's, not only this round's
             eta = (time.perf_counter() - started) / done_here * remaining
             self.reporter.trial_finished(record, decide.best_accuracy(trials), eta)
         return True
@@ -194,33 +196,12 @@ class TrialPipeline:
             candidate = host.submit(self._build, setup, plan).result()
             trial.set_user_attr("candidate", candidate.to_json())
             values: dict[str, float | None] = dict(candidate.host_values(list(context.budgets)))
-            decisions: dict[str, Decision] = {}
-            host_thresholds = {b.key: thresholds[b.key] for b in context.budgets if b.spec.on_host}
-            if not verdict.feasible(values, host_thresholds):
-                # No device time for a candidate the host already knows is over budget.
-                trial.set_user_attr("device", "skipped: over a host-checked budget")
-            else:
-                judged = context.judged(thresholds, self.original_values)
-                device = measure_on(self.pool, context, candidate.artifact, judged, self.reporter.message)
-                values.update(device.values)
-                decisions = device.decisions
-                trial.set_user_attr("decisions", {k: d.to_json() for k, d in decisions.items()})
-                trial.set_user_attr("observation", device.observation)
-                trial.set_user_attr("member", device.member)
-                trial.set_user_attr(
-                    "timings",
-                    {
-                        "build_s": candidate.build_s,
-                        "eval_s": candidate.eval_s,
-                        "transfer_s": device.transfer_s,
-                        "measure_s": device.measure_s,
-                    },
-                )
-                lacking = verdict.missing(values, thresholds)
-                if lacking:
-                    trial.set_user_attr("values", values)
-                    self._fail(trial, f"the device reported no value for {', '.join(lacking)}", record)
-                    return record
+            decisions = self._on_device(trial, candidate, thresholds, values)
+            lacking = verdict.missing(values, thresholds)
+            if lacking:
+                trial.set_user_attr("values", values)
+                self._fail(trial, f"the device reported no value for {', '.join(lacking)}", record)
+                return record
             violations = verdict.constraints(values, thresholds, decisions)
             feasible = all(v <= 0 for v in violations.values())
             trial.set_user_attr("values", values)
@@ -259,6 +240,26 @@ class TrialPipeline:
             # A broken candidate fails its trial, not the study.
             self._fail(trial, f"{type(exc).__name__}: {exc}", record)
         return record
+
+    def _on_device(
+        self, trial: optuna.Trial, candidate: Candidate, thresholds: dict[str, float], values: dict[str, float | None]
+    ) -> dict[str, Decision]:
+        """Measure the candidate and judge its device budgets (``values`` gains the device's figures); nothing when
+        the host already knows it is over a host-checked budget (no device time for it)."""
+        context = self.context
+        host_thresholds = {b.key: thresholds[b.key] for b in context.budgets if b.spec.on_host}
+        if not verdict.feasible(values, host_thresholds):
+            trial.set_user_attr("device", "skipped: over a host-checked budget")
+            return {}
+        judged = context.judged(thresholds, self.original_values)
+        device = measure_on(self.pool, context, candidate.artifact, judged, self.reporter.message)
+        values.update(device.values)
+        trial.set_user_attr("decisions", {k: d.to_json() for k, d in device.decisions.items()})
+        trial.set_user_attr("observation", device.observation)
+        trial.set_user_attr("member", device.member)
+        timings = {"build_s": candidate.build_s, "eval_s": candidate.eval_s}
+        trial.set_user_attr("timings", {**timings, "transfer_s": device.transfer_s, "measure_s": device.measure_s})
+        return device.decisions
 
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial, record: dict[str, Any]) -> dict[str, Any]:
         """A plan evaluated already (a sampler that proposes it again, often after a resume) is not built or

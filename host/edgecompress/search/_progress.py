@@ -34,6 +34,36 @@ class LogReporter:
 STOPPING = "stopping after the trial in flight (Ctrl-C again to stop now)"
 
 
+class Logged:
+    """A reporter that also writes everything it is told into the run's log (tune.log): the console's lines, each
+    trial's outcome and the verdicts, so the log alone tells what the run did."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+
+    def message(self, text: str) -> None:
+        log.info(text)
+        self.reporter.message(text)
+
+    def round_started(self, round_index: int, rounds: int, thresholds: dict[str, float], trials: int) -> None:
+        log.info("round %d/%d: %d trials, thresholds %s", round_index + 1, rounds, trials, thresholds)
+        self.reporter.round_started(round_index, rounds, thresholds, trials)
+
+    def trial_finished(self, record: dict[str, Any], best: float | None, eta_s: float | None) -> None:
+        if record.get("state") == "FAIL":
+            log.info("trial %s failed: %s", record.get("number"), record.get("fail_reason"))
+        else:
+            log.info(
+                "trial %s: accuracy %s, feasible %s, values %s, decisions %s",
+                record.get("number"),
+                record.get("accuracy"),
+                record.get("feasible"),
+                {k: record.get("values", {}).get(k) for k in record.get("thresholds", {})},
+                {k: d.get("outcome") for k, d in (record.get("decisions") or {}).items()},
+            )
+        self.reporter.trial_finished(record, best, eta_s)
+
+
 class StopFlag:
     """First Ctrl-C: finish the trial in flight, then stop. Second Ctrl-C: stop now (KeyboardInterrupt), which the
     driver turns into an interrupted run that still writes its results. ``notify`` tells the person watching."""

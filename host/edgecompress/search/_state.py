@@ -60,6 +60,8 @@ class RunState:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     drift: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] | None = None
+    # The studies' name prefix, fixed when the run starts (runs from before it was stored used tune-<example>|model).
+    study_name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -70,7 +72,7 @@ class RunState:
             "created_unix": self.created_unix,
             "rounds": self.rounds,
         }
-        optional = {"device": self.device, "base": self.original, "final": self.final}
+        optional = {"device": self.device, "base": self.original, "final": self.final, "study_name": self.study_name}
         data.update({k: v for k, v in optional.items() if v is not None})
         if self.drift:
             data["drift"] = self.drift
@@ -101,6 +103,9 @@ class RunState:
             rounds=list(data.get("rounds") or []),
             drift=list(data.get("drift") or []),
             final=data.get("final"),
+            study_name=data.get("study_name")
+            or data["config"].get("name")
+            or f"tune-{data['config'].get('example') or 'model'}",
         )
 
     def finished_round(self, t: int) -> bool:
