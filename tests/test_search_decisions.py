@@ -247,3 +247,11 @@ def test_fine_tuning_on_an_explicit_device_returns_a_cpu_model_and_leaves_the_te
     assert all(p.device.type == "cpu" for p in tuned.parameters())
     assert all(p.device.type == "cpu" for p in teacher.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(tuned.parameters(), teacher.parameters(), strict=True))
+
+
+def test_studies_are_named_after_the_model_they_tune():
+    from edgecompress.search._driver import study_name
+
+    assert study_name(config()) == "tune-digits"
+    assert study_name(TuneConfig(model="mypkg.models:build", data="mypkg.data:loaders")) == "tune-mypkg.models.build"
+    assert study_name(config(name="nightly")) == "nightly"

@@ -309,24 +309,22 @@ def _latency_section(results: Mapping[str, Any]) -> Raw:
     if not samples:
         return para("No raw latency sample was recorded for the original or the final model.", "note")
     missing = [] if _sample(original) else ["the original's raw sample is not in results.json (an older run)"]
+    figures = _latency_figures(
+        samples,
+        "Latency per inference on the device, both models on the same log bins.",
+        "Exceedance probability per run. pWCET by extreme value theory where the sample is large enough and passes "
+        "the i.i.d. check; the largest of the projections and the observed maximum when it fails (conservative); "
+        "the observed maximum under 500 runs.",
+    )
+    return Raw(figures + "".join(para(m, "note") for m in missing))
+
+
+def _latency_figures(samples: list[Any], hist_caption: str, tail_caption: str) -> Raw:
+    """Histograms, exceedance plot, statistics and pWCET tables of (name, sample, tail, colour) samples."""
     hist = plots.latency_histogram([(n, s, c) for n, s, _, c in samples])
     tail = plots.tail_plot(samples)
     stats, tails = _latency_rows([(n, s, t) for n, s, t, _ in samples])
-    return Raw(
-        figs(
-            [
-                fig(hist, "Latency per inference on the device, both models on the same log bins."),
-                fig(
-                    tail,
-                    "Exceedance probability per run. pWCET by extreme value theory where the sample "
-                    "is large enough and passes the i.i.d. check; otherwise the observed maximum.",
-                ),
-            ]
-        )
-        + stats
-        + tails
-        + "".join(para(m, "note") for m in missing)
-    )
+    return Raw(figs([fig(hist, hist_caption), fig(tail, tail_caption)]) + stats + tails)
 
 
 def _energy_section(results: Mapping[str, Any]) -> Raw:
@@ -688,18 +686,10 @@ def _model_latency(sample: Sequence[int], baseline: tuple[str, Sequence[int]] | 
     samples = [("this run", sample, _tail(sample), plots.FINAL)]
     if baseline and baseline[1]:
         samples.insert(0, (baseline[0], baseline[1], _tail(baseline[1]), plots.ORIGINAL))
-    hist = plots.latency_histogram([(n, s, c) for n, s, _, c in samples])
-    tail = plots.tail_plot(samples)
-    stats, tails = _latency_rows([(n, s, t) for n, s, t, _ in samples])
-    return Raw(
-        figs(
-            [
-                fig(hist, "Latency per inference on the device (log bins)."),
-                fig(tail, "Exceedance probability per run with the pWCET estimate."),
-            ]
-        )
-        + stats
-        + tails
+    return _latency_figures(
+        samples,
+        "Latency per inference on the device (log bins).",
+        "Exceedance probability per run with the pWCET estimate.",
     )
 
 
