@@ -6,8 +6,8 @@ Fashion-MNIST network with a p50 (relative, paired), a p99 and a pWCET budget, t
 `--checks` times with `edgecompress check --config RUN/check.toml`. The first piece fixes the absolute budgets from
 a `bench` of the original on that device (budgets.json), so every seed is judged against the same limits.
 
-    python benchmarks/verdict_agreement.py run --seed 0 --out bench-runs/verdicts
-    python benchmarks/verdict_agreement.py report --out bench-runs/verdicts
+    python benchmarks/verdict_agreement.py run --seed 0 --out bench-runs/verdicts-v2
+    python benchmarks/verdict_agreement.py report --out bench-runs/verdicts-v2
 
 For each check it also records the verdict today's rule (before windows) would have given: the first window alone,
 value <= limit. The report gives, over all checks: agreement of tune's verdict with check's, false "met" (tune met,
@@ -100,9 +100,9 @@ def run_piece(seed: int, out: Path, checks: int) -> None:
             "--rounds",
             "2",
             "--trials-per-round",
-            "4",
+            "3",
             "--finetune-steps",
-            "100",
+            "50",
             "--val-limit",
             "500",
             "--runs",
@@ -205,7 +205,7 @@ def main() -> int:
     parser.add_argument("what", choices=("run", "report"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checks", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=Path("bench-runs/verdicts"))
+    parser.add_argument("--out", type=Path, default=Path("bench-runs/verdicts-v2"))
     args = parser.parse_args()
     if args.what == "run":
         run_piece(args.seed, args.out, args.checks)
