@@ -17,7 +17,7 @@ import pytest
 
 from edgecompress.compress import CompressionPlan, build_artifact, evaluate_artifact, export_onnx
 from edgecompress.config import builtin_profiles, parse_profile
-from edgecompress.device import check_runtime, max_opset_for, open_session
+from edgecompress.device import check_runtime, max_opset_for, measure_request, open_session
 from edgecompress.errors import ConfigError
 from edgecompress.search._negotiate import choose_opset, export_target
 from edgecompress.workload import load_workload
@@ -334,3 +334,33 @@ def test_batch_on_a_tflite_device_is_refused_before_any_measurement(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "batch 4 needs an ONNX runtime" in result.stderr and "Traceback" not in result.stderr
     assert not (out / "original.tflite").exists()
+
+
+def test_both_runtimes_run_and_record_the_same_default_thread_count(digits, digits_tflite):
+    """Without [runtime] threads, LiteRT ran one thread where onnxruntime used every core: one default for both,
+    and every measurement says how many threads it ran."""
+    onnx = build_artifact(digits.build_model().eval(), CompressionPlan(), digits)
+    used = {}
+    for name, artifact in (("local", onnx), ("local-tflite", digits_tflite[0])):
+        profile = builtin_profiles()[name]
+        assert profile.runtime.threads is None
+        with open_session(profile) as session:
+            sha = session.put_model(artifact.data)
+            for threads in (None, 1):
+                spec = measure_request(profile, runs=5, min_seconds=0, warmup_runs=1, threads=threads)
+                used[name, threads] = session.measure(sha, spec).raw["threads"]
+    cores = len(os.sched_getaffinity(0))
+    assert used["local", None] == used["local-tflite", None] and 1 <= used["local", None] <= cores, used
+    assert used["local", 1] == used["local-tflite", 1] == 1
+
+
+def test_the_default_thread_count_is_one_per_physical_core(tmp_path):
+    """As onnxruntime counts: hyperthreads share a core; ARM boards list no core ids (one thread per core)."""
+    from edgecompress_agent.runtimes import default_threads
+
+    x86 = tmp_path / "x86"
+    x86.write_text("".join(f"processor\t: {i}\nphysical id\t: 0\ncore id\t\t: {i % 4}\n\n" for i in range(8)))
+    assert default_threads(range(8), str(x86)) == 4 and default_threads([0, 4], str(x86)) == 1
+    arm = tmp_path / "arm"
+    arm.write_text("".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\n\n" for i in range(4)))
+    assert default_threads(range(4), str(arm)) == 4 and default_threads([2], str(arm)) == 1

@@ -1,6 +1,7 @@
 """Inference runtimes the agent can drive, each imported only when asked for."""
 
 import importlib
+import os
 
 from .protocol import FrameError
 
@@ -47,6 +48,29 @@ def detect():
     return {"runtimes": found, "numpy": getattr(np, "__version__", None)}
 
 
+def default_threads(cpus=None, cpuinfo="/proc/cpuinfo"):
+    """The thread count when a request names none, the same for every runtime: one per physical core of ``cpus``
+    (default: those this process may run on), as onnxruntime chooses by itself (LiteRT's own default is 1)."""
+    if cpus:
+        allowed = set(cpus)
+    elif hasattr(os, "sched_getaffinity"):
+        allowed = set(os.sched_getaffinity(0))
+    else:  # not Linux
+        allowed = set(range(os.cpu_count() or 1))
+    cores = set()
+    try:
+        with open(cpuinfo) as handle:
+            blocks = handle.read().split("\n\n")
+    except (IOError, OSError):
+        blocks = []
+    for block in blocks:
+        fields = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines()))
+        # x86 names each logical CPU's core; ARM boards (one thread per core) do not, and count as logical CPUs.
+        if fields.get("processor", "").isdigit() and int(fields["processor"]) in allowed and "core id" in fields:
+            cores.add((fields.get("physical id"), fields["core id"]))
+    return max(1, len(cores) or len(allowed))
+
+
 def _numpy():
     np = _import("numpy")
     if np is None:
@@ -69,9 +93,9 @@ class OnnxRunner(object):
         if ort is None:
             raise RuntimeUnavailable("onnxruntime is not importable by this Python")
         so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
+        self.threads = int(threads) if threads else default_threads()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         available = ort.get_available_providers()
         wanted = list(providers) if providers else ["CPUExecutionProvider"]
@@ -105,8 +129,9 @@ class TfliteRunner(object):
             raise RuntimeUnavailable("neither tflite_runtime nor ai_edge_litert is importable by this Python")
         np = _numpy()
         self._np = np
+        self.threads = int(threads) if threads else default_threads()
         try:
-            self.interpreter = module.Interpreter(model_path=path, num_threads=int(threads) if threads else None)
+            self.interpreter = module.Interpreter(model_path=path, num_threads=self.threads)
             self.interpreter.allocate_tensors()
         except Exception as exc:
             raise ModelLoadError("the TFLite interpreter cannot load the model: {}".format(_short(exc)))

@@ -138,13 +138,15 @@ class Agent(object):
         complete, received = self.cache.write_chunk(sha, size, offset, payload)
         return {"complete": complete, "received": received}
 
-    def _runner(self, header):
+    def _runner(self, header, affinity=None):
         sha = check_sha256(header.get("sha256"))
         cached, _ = self.cache.status(sha)
         if not cached:
             raise FrameError("model {} is not in the agent's cache; put_model it first".format(sha[:12]))
         runtime = _field(header, "runtime", (str,), default="onnxruntime")
         threads = _field(header, "threads", (int,), low=1, high=1024)
+        if threads is None and affinity:
+            threads = runtimes.default_threads(affinity)  # one thread per physical core pinned to
         providers = _str_list(header, "providers")
         t0 = measure.now_ns()
         runner = runtimes.load(self.cache.path(sha), runtime, threads, providers)
@@ -164,7 +166,7 @@ class Agent(object):
         reader = self._power_reader(header)
         idle_seconds = _field(header, "idle_seconds", _NUMBER, default=0.5, low=0, high=60)
         interval = _field(header, "power_interval_s", _NUMBER, default=0.01, low=0.001, high=10)
-        runner, load_ns = self._runner(header)
+        runner, load_ns = self._runner(header, affinity)
         feeds = runtimes.random_inputs(runner, shapes)
         started = time.time()
         first = [None]
@@ -205,7 +207,8 @@ class Agent(object):
             result["repeated"] = {"reason": "throttled", "discarded": discarded}
         result.update({
             "load_ns": load_ns, "first_inference_ns": first[0], "started_unix": started,
-            "providers": runner.providers, "inputs": runner.inputs, "affinity": affinity,
+            "providers": runner.providers, "threads": runner.threads, "inputs": runner.inputs,
+            "affinity": affinity,
             "input_shapes": dict((name, list(array.shape)) for name, array in feeds.items()),
             "power_source": reader.describe() if reader else None,
         })
