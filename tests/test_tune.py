@@ -335,6 +335,7 @@ def test_a_host_checked_budget_spends_no_device_time(tmp_path, env, monkeypatch)
         (["--example", "digits", "--budget", "latency.mean<=1ms", "--schedule", "cubic"], "schedule"),
         (["--example", "nope", "--budget", "latency.mean<=1ms"], "nope"),
         (["--example", "digits", "--budget", "latency.mean<=1ms", "--host-device", "tpu"], "host_device"),
+        (["--example", "digits", "--budget", "latency.mean<=1ms", "--coarsen", "maybe"], "coarsen"),
     ],
 )
 def test_bad_tune_input_is_one_line_and_leaves_no_folder(tmp_path, env, args, message):

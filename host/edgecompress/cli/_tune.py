@@ -136,6 +136,11 @@ def tune(
     confirm_windows: int | None = typer.Option(
         None, min=1, help="Windows the final confirmation may take (default 10)."
     ),
+    coarsen: str | None = typer.Option(
+        None,
+        "--coarsen",
+        help="Search one ratio per stage instead of per group: auto (default: above 12 groups), yes, no.",
+    ),
     host_device: str | None = typer.Option(
         None,
         "--host-device",
@@ -191,6 +196,7 @@ def tune(
             "accept_new_host": accept_new_host or None,
             "device_wait_s": device_wait,
             "host_device": host_device,
+            "coarsen": coarsen,
             "confidence": confidence,
             "max_windows": max_windows,
             "confirm_windows": confirm_windows,
