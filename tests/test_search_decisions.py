@@ -255,3 +255,31 @@ def test_studies_are_named_after_the_model_they_tune():
     assert study_name(config()) == "tune-digits"
     assert study_name(TuneConfig(model="mypkg.models:build", data="mypkg.data:loaders")) == "tune-mypkg.models.build"
     assert study_name(config(name="nightly")) == "nightly"
+
+
+def _propose(study: optuna.Study) -> tuple[float, ...]:
+    trial = study.ask()
+    return tuple(trial.suggest_float(f"ratio:g{i}", 0.0, 0.8, step=0.05) for i in range(4))
+
+
+def test_a_resumed_round_does_not_replay_its_samplers_stream():
+    storage = optuna.storages.InMemoryStorage()
+    cfg = config(seed=3, trials_per_round=8)
+    study = optuna.create_study(storage=storage, sampler=decide.make_sampler(cfg, 0), direction="maximize")
+    first = []
+    for _ in range(3):
+        trial = study.ask()
+        params = tuple(trial.suggest_float(f"ratio:g{i}", 0.0, 0.8, step=0.05) for i in range(4))
+        study.tell(trial, sum(params))
+        first.append(params)
+    name = study.study_name
+    # What a resume did: the same seed again, so the random start of the stream comes back.
+    replay = optuna.load_study(study_name=name, storage=storage, sampler=decide.make_sampler(cfg, 0))
+    assert _propose(replay) == first[0]
+    # The seed moves on with the trials the study holds.
+    resumed = optuna.load_study(study_name=name, storage=storage, sampler=decide.make_sampler(cfg, 0, finished=4))
+    assert _propose(resumed) not in first
+    # And a plan proposed again finds the trial that evaluated it.
+    complete = resumed.get_trials(states=(TrialState.COMPLETE,))
+    assert decide.duplicate_of(complete[1].params, complete) is complete[1]
+    assert decide.duplicate_of({"ratio:g0": 0.123}, complete) is None
