@@ -113,6 +113,9 @@ def test_tune_meets_its_budgets_and_writes_its_folder(tmp_path, env):
     assert final["met"]
     assert all(final["values"][key] <= target for key, target in targets.items()), (final["values"], targets)
     assert (out / "model.onnx").stat().st_size == final["size_bytes"] <= 40_000
+    # The final model was validated on the device: the same outputs as on the host.
+    assert final["validation"]["agreement"] == 1.0
+    assert "validation on the device" in stdout
     # plan.json rebuilds the final model's shape from the original (the two rounds composed).
     from edgecompress.compress import CompressionPlan, apply_plan, search_space
     from edgecompress.workload import load_workload

@@ -263,6 +263,11 @@ class TuneConfig(_Strict):
     confirm_windows: int = Field(default=10, ge=1, le=200)
     # Where fine-tuning, distillation and BatchNorm recalibration run: auto = CUDA when torch sees a GPU.
     host_device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # The final model's outputs on the device against the host's on the same inputs (edgecompress validate): a model
+    # whose device outputs disagree beyond min_agreement is not the answer.
+    validate_final: bool = True
+    validate_samples: int = Field(default=500, ge=1)
+    min_agreement: float = Field(default=0.99, ge=0, le=1)
 
 
 def load_tune_config(path: Path | None, overrides: dict) -> TuneConfig:

@@ -141,6 +141,12 @@ def tune(
         "--coarsen",
         help="Search one ratio per stage instead of per group: auto (default: above 12 groups), yes, no.",
     ),
+    validate: bool | None = typer.Option(
+        None,
+        "--validate/--no-validate",
+        help="Run the final model's validation inputs on the device and the host and compare (default on); a "
+        "model whose outputs disagree (below --min-agreement) is not the answer.",
+    ),
     host_device: str | None = typer.Option(
         None,
         "--host-device",
@@ -196,6 +202,7 @@ def tune(
             "accept_new_host": accept_new_host or None,
             "device_wait_s": device_wait,
             "host_device": host_device,
+            "validate_final": validate,
             "coarsen": coarsen,
             "confidence": confidence,
             "max_windows": max_windows,
@@ -251,6 +258,11 @@ def _summary(result: Any) -> None:
             format_value(final.get("size_bytes"), "bytes") if final.get("met") else "-",
         )
     console.print(table)
+    parity = final.get("validation") or {}
+    if parity:
+        agreement = parity.get("agreement")
+        shown = f"{agreement:.2%}" if isinstance(agreement, float) else "?"
+        console.print(f"validation on the device: top-1 agreement {shown} with the host", highlight=False)
     if final.get("identical_to_original"):
         console.print(
             "the final model is the original (same sha256): it already meets the budgets, no compression was needed",

@@ -25,6 +25,7 @@ from edgecompress.search._context import RunContext
 from edgecompress.search._pipeline import DeviceRecord, measure_on
 from edgecompress.search._progress import Reporter
 from edgecompress.search._state import RunState, save_checkpoint, save_json
+from edgecompress.validate import ValidationResult, validate_model
 
 CHECK_FILE = "check.toml"
 
@@ -298,6 +299,23 @@ class Phases:
             device = self._judge(candidate, targets)
             judged = self._verdict(candidate, targets, device)
             identical = context.original is not None and candidate.artifact.sha256 == context.original.sha256
+            parity = self._validate(candidate) if judged["met"] and context.config.validate_final else None
+            if parity is not None and not parity.passed:
+                rejected.append(
+                    {
+                        "which": label,
+                        "accuracy": candidate.accuracy,
+                        "sha256": candidate.artifact.sha256,
+                        "outcome": "device outputs disagree",
+                        "summary": parity.describe(),
+                        "validation": parity.to_json(),
+                    }
+                )
+                self.reporter.message(
+                    f"{label} candidate meets the budgets but the device does not compute what the host scored: "
+                    f"{parity.describe()}"
+                )
+                continue
             if judged["met"]:
                 self._write_final(candidate, decide.composed_plan(original_space, context.space(model), plan))
                 if identical:
@@ -322,6 +340,7 @@ class Phases:
                     "accuracy_drop": base_acc - candidate.accuracy,
                     "observation": device.observation,
                     "rejected": rejected,
+                    "validation": parity.to_json() if parity is not None else None,
                 }
             rejected.append(
                 {
@@ -347,6 +366,26 @@ class Phases:
             )
         )
         return {"met": False, "outcome": outcome, "rejected": rejected}
+
+    def _validate(self, candidate: Candidate) -> ValidationResult:
+        """The candidate's outputs on the device against the host's, on the same validation inputs and bytes."""
+        context = self.context
+        profile, config = context.profile, context.config
+        same_runtime = candidate.artifact.runtime == profile.runtime.name
+        with self.pool.lease() as lease:
+            parity = validate_model(
+                lease.session,
+                candidate.artifact,
+                context.workload,
+                samples=config.validate_samples,
+                threads=context.request.threads,
+                providers=tuple(profile.runtime.providers) if same_runtime else (),
+                batch=config.batch if config.batch > 1 else None,
+                min_agreement=config.min_agreement,
+                device_name=lease.member,
+            )
+        self.reporter.message(f"validation on the device: {parity.describe()}")
+        return parity
 
     def _write_final(self, candidate: Candidate, plan: CompressionPlan) -> None:
         run_dir = self.context.run_dir
