@@ -24,10 +24,11 @@ from edgecompress.config import DeviceProfile, TuneConfig, resolve_device
 from edgecompress.device import DevicePool, open_session
 from edgecompress.errors import ConfigError, EdgecompressError
 from edgecompress.report import write_tune_report_or_warn
+from edgecompress.report._files import write_text
 from edgecompress.search import _decide as decide
 from edgecompress.search._context import RunContext
 from edgecompress.search._negotiate import export_target
-from edgecompress.search._phases import Phases
+from edgecompress.search._phases import CHECK_FILE, Phases, check_config
 from edgecompress.search._pipeline import RoundSetup, TrialPipeline
 from edgecompress.search._progress import Logged, LogReporter, Reporter, StopFlag
 from edgecompress.search._results import write_results
@@ -208,6 +209,8 @@ class TuneRun:
             options.append((f"trial {other.number}, not fine-tuned", model, other_plan))
         state.final = phases.confirm_final(options, space, context.space(original))
         state.save()
+        # What check needs to re-judge the answer (or, when there is none, the last round's base) the same way.
+        write_text(state.run_dir / CHECK_FILE, check_config(context, state.targets))
         return state.final
 
 

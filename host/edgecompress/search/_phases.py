@@ -18,7 +18,6 @@ from edgecompress.compress._space import Quant
 from edgecompress.device import DevicePool
 from edgecompress.errors import DeviceError, EdgecompressError
 from edgecompress.report import group_channels
-from edgecompress.report._files import write_text
 from edgecompress.search import _decide as decide
 from edgecompress.search._candidate import Candidate
 from edgecompress.search._context import RunContext
@@ -391,4 +390,3 @@ class Phases:
         run_dir = self.context.run_dir
         (run_dir / f"model.{self.context.target.format}").write_bytes(candidate.artifact.data)
         save_json(run_dir / "plan.json", plan.to_json())
-        write_text(run_dir / CHECK_FILE, check_config(self.context, self.state.targets))
