@@ -41,9 +41,11 @@ def test_an_energy_budget_drives_a_search_on_a_fixture_power_source(tmp_path, en
     assert len(measured) == 3
     for trial in measured:
         assert set(trial["constraints"]) == {"energy"}
-        assert trial["constraints"]["energy"] == pytest.approx(
-            trial["values"]["energy"] - trial["thresholds"]["energy"]
-        )
+        # A relative budget is judged on the paired ratio to the original: the constraint is its upper bound minus
+        # the round's threshold as a ratio.
+        decision = trial["decisions"]["energy"]
+        assert decision["paired"]
+        assert trial["constraints"]["energy"] == pytest.approx(decision["upper"] - decision["threshold"])
 
 
 def test_an_energy_budget_without_a_power_source_is_refused_before_the_search(tmp_path, env):

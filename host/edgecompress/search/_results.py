@@ -27,6 +27,7 @@ def trial_record(round_index: int, trial: FrozenTrial) -> dict[str, Any]:
         "objective": trial.value,
         "values": attrs.get("values"),
         "constraints": trial.constraints,
+        "decisions": attrs.get("decisions"),
         "feasible": attrs.get("feasible"),
         "candidate": attrs.get("candidate"),
         "latency": observation.get("latency"),
