@@ -147,6 +147,9 @@ def tune(
         help="Run the final model's validation inputs on the device and the host and compare (default on); a "
         "model whose outputs disagree (below --min-agreement) is not the answer.",
     ),
+    min_agreement: float | None = typer.Option(
+        None, min=0, max=1, help="Top-1 agreement of device and host outputs the final model needs (default 0.99)."
+    ),
     host_device: str | None = typer.Option(
         None,
         "--host-device",
@@ -203,6 +206,7 @@ def tune(
             "device_wait_s": device_wait,
             "host_device": host_device,
             "validate_final": validate,
+            "min_agreement": min_agreement,
             "coarsen": coarsen,
             "confidence": confidence,
             "max_windows": max_windows,
