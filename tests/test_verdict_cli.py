@@ -159,3 +159,34 @@ def test_a_final_model_identical_to_the_original_is_not_called_a_compression(tmp
     # What check needs to re-judge it is in the run folder, and it agrees.
     check = edgecompress("check", str(out / "model.onnx"), "--config", str(out / "check.toml"), env=env)
     assert check.returncode in (0, 5), check.stdout + check.stderr
+    # The relative budget stays relative: judged on windows alternating with the run's original, as tune did.
+    assert 'reference = "' in (out / "check.toml").read_text()
+    assert "latency.p50 / original" in check.stdout
+
+
+def test_check_judges_a_relative_budget_against_a_reference_model(batched_onnx: Path, env, tmp_path: Path):
+    result_path = tmp_path / "check.json"
+    done = edgecompress(
+        "check",
+        str(batched_onnx),
+        "--device",
+        "local",
+        "--reference",
+        str(batched_onnx),
+        "--budget",
+        "latency.p50<=50x",
+        "--runs",
+        "20",
+        "--json",
+        str(result_path),
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    budget = json.loads(result_path.read_text())["budgets"][0]
+    assert budget["status"] == "pass"
+    assert budget["unit"] == "x"
+    assert budget["target"] == 50.0
+    assert 0.5 < budget["value"] < 2.0  # the same bytes: a ratio near 1
+    # Without a reference (or a baseline) a relative budget has nothing to be relative to.
+    bare = edgecompress("check", str(batched_onnx), "--device", "local", "--budget", "latency.p50<=50x", env=env)
+    assert bare.returncode == 2, bare.stderr

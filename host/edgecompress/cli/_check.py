@@ -104,6 +104,13 @@ def check(
         int | None, typer.Option(min=1, help="Inputs per call, as tune --batch measured them (ONNX; default 1).")
     ] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Runtime threads (default: the profile's).")] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="The original model: a relative budget (0.7x) is judged on windows alternating with it, as tune "
+            "judged it (tune's check.toml names it)."
+        ),
+    ] = None,
     confidence: Annotated[
         float | None,
         typer.Option(
@@ -172,6 +179,8 @@ def check(
         _output_folder_ok(path, flag)
     history_path = history or (Path(settings.history) if settings.history else None)
     base = _baseline(baseline or settings.baseline, history_path, model_name, profile.name, spec.runtime, regression)
+    reference_path = reference or (Path(settings.reference) if settings.reference else None)
+    original = load_artifact(reference_path) if reference_path is not None else None
 
     try:
         with err_console.status(f"measuring {model.name} on {profile.name}"):
@@ -185,6 +194,7 @@ def check(
                 regression=regression,
                 baseline=base,
                 windows=windows,
+                reference=original,
                 on_event=lambda m: err_console.print(f"[yellow]{m}[/]"),
                 accept_new_host=accept_new_host,
             )

@@ -203,6 +203,10 @@ class CheckConfig(BaseModel):
     runs: int | None = Field(default=None, ge=1)
     min_seconds: float | None = Field(default=None, ge=0)
     batch: int = Field(default=1, ge=1, le=4096, description="inputs per call (ONNX models with a batch axis)")
+    reference: str | None = Field(
+        default=None,
+        description="the original model: budgets relative to it (0.7x) are judged on windows alternating with it",
+    )
     threads: int | None = Field(default=None, ge=1, description="the runtime's intra-op threads (default: profile)")
     # The verdict: a budget passes when its one-sided bound at this confidence is under it, from repeated windows.
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)

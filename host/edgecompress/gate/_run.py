@@ -25,7 +25,7 @@ from edgecompress.device import MeasureRequest, check_runtime, open_session
 from edgecompress.errors import ConfigError
 from edgecompress.gate._config import RegressionSettings, check_regression_metric
 from edgecompress.gate._result import Baseline, BudgetOutcome, CheckResult, RegressionOutcome, Status
-from edgecompress.observe import Observation, observe
+from edgecompress.observe import Observation, Reference, observe
 from edgecompress.verdict import MET, NO_VALUE, VIOLATED, Decision, WindowPlan, judge
 
 
@@ -52,10 +52,16 @@ def load_baseline(path: str | Path) -> Baseline:
     return Baseline.from_result_json(data, str(path))
 
 
-def budget_targets(budgets: Sequence[Budget], baseline: Baseline | None) -> dict[str, float]:
-    """The absolute limit of every budget; a relative one (``0.9x``) is relative to the baseline's value."""
+def budget_targets(
+    budgets: Sequence[Budget], baseline: Baseline | None, reference: Artifact | None = None
+) -> dict[str, float]:
+    """The limit of every budget: an absolute one as it is; a relative one (``0.9x``) as that ratio when a reference
+    model is given (judged on windows alternating with it), else relative to the baseline's value."""
     targets = {}
     for budget in budgets:
+        if budget.relative is not None and reference is not None and not budget.spec.on_host:
+            targets[budget.key] = budget.relative
+            continue
         if budget.relative is not None and baseline is None:
             raise ConfigError(
                 f"budget {budget.text!r} is relative to the baseline, but there is none: give "
@@ -78,6 +84,7 @@ def measure_model(
     on_event: Callable[[str], None] | None = None,
     upload: Callable[[int], AbstractContextManager[Callable[[int, int], None] | None]] | None = None,
     windows: WindowPlan | None = None,
+    reference: Artifact | None = None,
     **session_options: Any,
 ) -> DeviceRun:
     """Put the model on the device and measure it; DeviceError (exit 3) when the device or agent fails.
@@ -95,7 +102,13 @@ def measure_model(
         check_runtime(profile, hello, runtime=spec.runtime, model=artifact.data)
         with upload(artifact.size_bytes) if upload else nullcontext() as progress:
             sha = session.put_model(artifact.data, progress=progress)
-        observation = observe(session, sha, artifact.size_bytes, spec, budgets, thresholds=targets, windows=windows)
+        paired = None
+        relative = frozenset(b.key for b in budgets if b.relative is not None and not b.spec.on_host)
+        if reference is not None and relative:
+            paired = Reference(session.put_model(reference.data), reference.size_bytes, relative)
+        observation = observe(
+            session, sha, artifact.size_bytes, spec, budgets, thresholds=targets, windows=windows, reference=paired
+        )
     finally:
         session.close()
     return DeviceRun(observation=observation, hello=hello, started_utc=started)
@@ -126,9 +139,11 @@ def judge_budget(budget: Budget, target: float, decision: Decision) -> BudgetOut
         return BudgetOutcome(budget.text, budget.key, unit, target, None, "error", f"{budget.key} {NO_VALUE}")
     status: Status = {MET: "pass", VIOLATED: "fail"}.get(decision.outcome, "inconclusive")  # type: ignore[assignment]
     message = decision.describe(unit)
-    if budget.relative is not None:
+    if budget.relative is not None and not decision.paired:
         message += f" (budget {budget.relative:g}x the baseline)"
-    return BudgetOutcome(budget.text, budget.key, unit, target, decision.value, status, message)
+    return BudgetOutcome(
+        budget.text, budget.key, "x" if decision.paired else unit, target, decision.value, status, message
+    )
 
 
 def compare_with_baseline(
@@ -322,17 +337,27 @@ def run_check(
     regression: RegressionSettings,
     baseline: Baseline | None,
     windows: WindowPlan | None = None,
+    reference: Artifact | None = None,
     on_event: Callable[[str], None] | None = None,
     **session_options: Any,
 ) -> CheckResult:
-    """Check one model on one device: ConfigError before any device time, DeviceError when the device fails."""
-    targets = budget_targets(budgets, baseline)
+    """Check one model on one device: ConfigError before any device time, DeviceError when the device fails. With a
+    ``reference`` model (the original a tune run compressed), relative budgets are judged on the paired ratio."""
+    targets = budget_targets(budgets, baseline, reference)
     for metric in regression.metrics:
         check_regression_metric(metric)
 
     def measure_and_evaluate() -> CheckResult:
         run = measure_model(
-            profile, artifact, spec, budgets, targets, on_event=on_event, windows=windows, **session_options
+            profile,
+            artifact,
+            spec,
+            budgets,
+            targets,
+            on_event=on_event,
+            windows=windows,
+            reference=reference,
+            **session_options,
         )
         return evaluate(
             run,

@@ -32,7 +32,8 @@ CHECK_FILE = "check.toml"
 def check_config(context: RunContext, targets: dict[str, float]) -> str:
     """An edgecompress.toml for ``check`` that re-judges the final model as tune judged it: the same device, window,
     batch, threads and confidence, and every budget as the absolute limit tune resolved (a relative budget on the
-    original's measurement at the start of the run)."""
+    original's measurement at the start of the run) and a relative device budget kept relative, judged against the
+    run's original.<format> measured in alternate windows."""
     request, config = context.request, context.config
     model = f"model.{context.target.format}"
     lines = [
@@ -43,6 +44,10 @@ def check_config(context: RunContext, targets: dict[str, float]) -> str:
     ]
     spelling = {"ms": "ms", "bytes": "B", "mJ": "mJ", "W": "W", "count": ""}
     for budget in context.budgets:
+        if budget.relative is not None and not budget.spec.on_host:
+            # Judged as tune judged it: on windows alternating with the original (reference below).
+            lines.append(f'"{budget.key}" = "{budget.relative!r}x"')
+            continue
         note = f"  # {budget.text}, on the original's {budget.key}" if budget.relative is not None else ""
         lines.append(f'"{budget.key}" = "{targets[budget.key]!r}{spelling[budget.unit]}"{note}')
     lines += [
@@ -55,6 +60,7 @@ def check_config(context: RunContext, targets: dict[str, float]) -> str:
         f"confidence = {config.confidence!r}",
         f"min_windows = {min(config.min_windows, config.confirm_windows)}",
         f"max_windows = {max(config.max_windows, config.confirm_windows)}",
+        f'reference = "{context.run_dir.resolve() / f"original.{context.target.format}"}"',
     ]
     if request.threads:
         lines.append(f"threads = {request.threads}")
