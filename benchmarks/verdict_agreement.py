@@ -208,8 +208,8 @@ def report(out: Path) -> None:
             f"{sum(c['single_window_met'] for c in checks)}/{len(checks)} | {piece['tune_s'] / 60:.1f} min |"
         )
     print(
-        "| seed | tune | check met/inconclusive/violated | pWCET max/min over checks: pooled (estimator); median window | "
-        "confirmation | single-window 'met' | tune time |"
+        "| seed | tune | check met/inconclusive/violated | pWCET max/min over checks: pooled (estimator); "
+        "median window | confirmation | single-window 'met' | tune time |"
     )
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
