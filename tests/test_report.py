@@ -389,3 +389,17 @@ def test_bytes_and_memory_are_printed_in_their_units():
     rows = dict(_environment_rows({"memory": {"total_bytes": 25275990016}}))
     assert rows["memory"] == "23.5 GiB"
     assert format_value(2.5e9, "bytes") == "2.50 GB"
+
+
+def test_a_budget_never_measured_shows_no_constraint_in_the_trials_table():
+    from edgecompress.report._html import _constraint
+
+    skipped = {"constraints": {"latency.p50": 0.0, "size": 19100.0}, "values": {"size": 59100.0}}
+    assert 'data-v=""' in _constraint(skipped, "latency.p50", "ms", skipped["values"])
+    assert 'data-v="19100.0"' in _constraint(skipped, "size", "bytes", skipped["values"])
+    paired = {
+        "constraints": {"latency.p50": -0.1},
+        "values": {"latency.p50": 0.03},
+        "decisions": {"latency.p50": {"paired": True}},
+    }
+    assert "ms" not in _constraint(paired, "latency.p50", "ms", paired["values"])  # a ratio, not milliseconds

@@ -465,6 +465,16 @@ def _rounds_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
     return Raw(str(rounds) + str(why))
 
 
+def _constraint(trial: Mapping[str, Any], key: str, unit: str, values: Mapping[str, Any]) -> Raw:
+    """A trial's constraint for one budget; "-" where the budget was never measured (a candidate the host already
+    knew was over a size budget gets no device time, and its 0 told the sampler "no evidence", not "on the limit")."""
+    constraints = trial.get("constraints")
+    if not isinstance(constraints, dict) or key not in values:
+        return num(None)
+    decision = (trial.get("decisions") or {}).get(key) or {}
+    return num(constraints.get(key), unit="" if decision.get("paired") else unit)
+
+
 def _trials_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, float]]) -> Raw:
     rows = []
     for tr in results.get("trials") or []:
@@ -483,13 +493,7 @@ def _trials_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
                 cell(mark, int(bool(feasible))),
                 num(tr.get("accuracy")),
                 *[num(values.get(k), unit=u) for k, u, _ in keys],
-                *[
-                    num(
-                        (tr.get("constraints") or {}).get(k) if isinstance(tr.get("constraints"), dict) else None,
-                        unit=u,
-                    )
-                    for k, u, _ in keys
-                ],
+                *[_constraint(tr, k, u, values) for k, u, _ in keys],
                 num(latency.get("p50_ms")),
                 num(latency.get("p99_ms")),
                 num(latency.get("max_ms")),
