@@ -108,6 +108,9 @@ def test_tune_meets_its_budgets_and_writes_its_folder(tmp_path, env):
     assert thresholds[0] > thresholds[1] == pytest.approx(results["base"]["targets"]["size"])
     assert "round 1/2" in stdout
     assert "round 2/2" in stdout
+    # Rounds are counted from 1 in every line people read, as in the headers.
+    assert "round 2: best trial" in stdout
+    assert "round 0:" not in stdout
     final = results["final"]
     targets = results["base"]["targets"]
     assert final["met"]
