@@ -219,9 +219,7 @@ def window_bounds(values: Sequence[float], confidence: float) -> tuple[float, fl
 # regimes (on a board under a CPU quota, p99 read 0.1-0.3 ms in some windows and 4.2 ms in others, with nothing in
 # between: docs/benchmarks.md). A t bound on two windows that happened to agree called such a model "met" and a
 # later check found it violated 4 times in 10; tail metrics are judged by order statistics instead.
-TAIL_METRICS = frozenset(
-    {"latency.p90", "latency.p95", "latency.p99", "latency.p999", "latency.max", "latency.pwcet"}
-)
+TAIL_METRICS = frozenset({"latency.p90", "latency.p95", "latency.p99", "latency.p999", "latency.max", "latency.pwcet"})
 
 
 def median_bounds(values: Sequence[float], confidence: float) -> tuple[float, float | None, float | None]:
