@@ -24,6 +24,7 @@ from edgecompress.analysis import (
     pwcet,
     summarize,
 )
+from edgecompress.artifact import Artifact
 from edgecompress.budgets import METRICS, Budget, Evidence
 from edgecompress.device import Measurement, MeasureRequest, Session
 from edgecompress.verdict import Decision, WindowPlan, all_decided, decide
@@ -146,6 +147,13 @@ class Reference:
     sha256: str
     size_bytes: int
     keys: frozenset[str]
+
+
+def pair_with(session: Session, original: Artifact, keys: Iterable[str]) -> Reference | None:
+    """The original model on the device (uploaded if missing) as the reference of the budgets in ``keys``; None
+    when no budget is relative to it."""
+    keys = frozenset(keys)
+    return Reference(session.put_model(original.data), original.size_bytes, keys) if keys else None
 
 
 def _window_values(size_bytes: int, window: Measurement, budgets: Sequence[Budget]) -> dict[str, float | None]:

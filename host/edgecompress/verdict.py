@@ -269,6 +269,15 @@ def decide(
     return Decision(key, threshold, outcome, center, lower, upper, n, confidence, paired, method)
 
 
+def overall(host: Mapping[str, BudgetVerdict], decisions: Mapping[str, Decision], device_keys: Iterable[str]) -> str:
+    """One answer for a model over all its budgets: met when every host budget and every device budget is met;
+    inconclusive when nothing is violated but a device budget is undecided; else not met."""
+    device = [decisions.get(key) for key in device_keys]
+    if not all(v.met for v in host.values()) or any(d is None or d.outcome == VIOLATED for d in device):
+        return "not met"
+    return "met" if all(d is not None and d.met for d in device) else INCONCLUSIVE
+
+
 def all_decided(decisions: Mapping[str, Decision]) -> bool:
     return all(d.outcome != INCONCLUSIVE for d in decisions.values())
 

@@ -9,6 +9,7 @@ from edgecompress.gate._config import (
     parse_check_config,
     parse_tolerance,
     read_budgets,
+    unit_spelling,
 )
 from edgecompress.gate._result import SCHEMA, Baseline, BudgetOutcome, CheckResult, RegressionOutcome
 from edgecompress.gate._run import (
@@ -48,4 +49,5 @@ __all__ = [
     "parse_tolerance",
     "read_budgets",
     "run_check",
+    "unit_spelling",
 ]

@@ -51,7 +51,7 @@ def parse_tolerance(value: object, origin: str) -> float:
     return fraction
 
 
-def _unit_spelling(metric: str) -> str:
+def unit_spelling(metric: str) -> str:
     """The spelling of a metric's canonical unit in budget strings (factor 1), for bare numbers in TOML."""
     factors = UNITS[METRICS[metric].unit]
     return next((spelling for spelling, factor in factors.items() if factor == 1.0), "")
@@ -84,7 +84,7 @@ def budget_texts(value: object, origin: str = "budgets") -> list[str]:
                 texts.append(f"{key}{text}" if text.startswith("<") else f"{key}<={text}")
             else:  # a bare number is in the metric's canonical unit
                 metric = metric_of(key)
-                unit = _unit_spelling(metric.name) if metric else ""
+                unit = unit_spelling(metric.name) if metric else ""
                 texts.append(f"{key}<={limit}{unit}")
         return texts
     raise ConfigError(f"{origin}: budgets must be a list of strings or a table, not {type(value).__name__}")

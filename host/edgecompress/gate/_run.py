@@ -25,7 +25,7 @@ from edgecompress.device import MeasureRequest, check_runtime, open_session
 from edgecompress.errors import ConfigError
 from edgecompress.gate._config import RegressionSettings, check_regression_metric
 from edgecompress.gate._result import Baseline, BudgetOutcome, CheckResult, RegressionOutcome, Status
-from edgecompress.observe import Observation, Reference, observe
+from edgecompress.observe import Observation, observe, pair_with
 from edgecompress.verdict import MET, NO_VALUE, VIOLATED, Decision, WindowPlan, judge
 
 
@@ -102,10 +102,8 @@ def measure_model(
         check_runtime(profile, hello, runtime=spec.runtime, model=artifact.data)
         with upload(artifact.size_bytes) if upload else nullcontext() as progress:
             sha = session.put_model(artifact.data, progress=progress)
-        paired = None
-        relative = frozenset(b.key for b in budgets if b.relative is not None and not b.spec.on_host)
-        if reference is not None and relative:
-            paired = Reference(session.put_model(reference.data), reference.size_bytes, relative)
+        relative = (b.key for b in budgets if b.relative is not None and not b.spec.on_host)
+        paired = pair_with(session, reference, relative) if reference is not None else None
         observation = observe(
             session, sha, artifact.size_bytes, spec, budgets, thresholds=targets, windows=windows, reference=paired
         )

@@ -21,7 +21,7 @@ from edgecompress.compress import (
     model_cost,
 )
 from edgecompress.device import MeasureRequest, Session
-from edgecompress.observe import Observation, Reference, observe
+from edgecompress.observe import Observation, observe, pair_with
 from edgecompress.verdict import WindowPlan
 from edgecompress.workload import Workload
 
@@ -133,10 +133,7 @@ def measure_candidate(
     """
     t0 = time.perf_counter()
     sha = session.put_model(artifact.data)
-    paired = None
-    if reference is not None and reference[1]:
-        original, keys = reference
-        paired = Reference(session.put_model(original.data), original.size_bytes, keys)
+    paired = pair_with(session, *reference) if reference is not None else None
     t1 = time.perf_counter()
     observation = observe(
         session, sha, artifact.size_bytes, spec, budgets, thresholds=thresholds, windows=windows, reference=paired

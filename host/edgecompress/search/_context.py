@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ class RunContext:
     def rounds(self) -> int:
         return round_count(self.config)
 
-    @property
+    @cached_property
     def request(self) -> MeasureRequest:
         return tune_measure_request(self.profile, self.config, self.workload.input_shape)
 

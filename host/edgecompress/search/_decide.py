@@ -18,6 +18,7 @@ from edgecompress.budgets import Budget
 from edgecompress.compress import CompressionPlan, SearchSpace
 from edgecompress.compress._space import Quant
 from edgecompress.config import TuneConfig
+from edgecompress.errors import ConfigError
 from edgecompress.search._schedule import thresholds as cooling
 
 INTERRUPTED = "interrupted"
@@ -201,8 +202,6 @@ def cooling_plan(
     budgets: Sequence[Budget], original: Mapping[str, float | None], config: TuneConfig
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Every budget's absolute target C (relative ones on the original's value L0) and its threshold per round."""
-    from edgecompress.errors import ConfigError
-
     rounds = round_count(config)
     kind = "one-step" if rounds == 1 else config.schedule
     targets = {b.key: b.target(original.get(b.key)) for b in budgets}

@@ -17,6 +17,7 @@ from edgecompress.compress import CompressionPlan, apply_plan, finetune
 from edgecompress.compress._space import Quant
 from edgecompress.device import DevicePool
 from edgecompress.errors import DeviceError, EdgecompressError
+from edgecompress.gate import unit_spelling
 from edgecompress.report import group_channels
 from edgecompress.search import _decide as decide
 from edgecompress.search._candidate import Candidate
@@ -42,14 +43,13 @@ def check_config(context: RunContext, targets: dict[str, float]) -> str:
         "",
         "[budgets]",
     ]
-    spelling = {"ms": "ms", "bytes": "B", "mJ": "mJ", "W": "W", "count": ""}
     for budget in context.budgets:
         if budget.relative is not None and not budget.spec.on_host:
             # Judged as tune judged it: on windows alternating with the original (reference below).
             lines.append(f'"{budget.key}" = "{budget.relative!r}x"')
             continue
         note = f"  # {budget.text}, on the original's {budget.key}" if budget.relative is not None else ""
-        lines.append(f'"{budget.key}" = "{targets[budget.key]!r}{spelling[budget.unit]}"{note}')
+        lines.append(f'"{budget.key}" = "{targets[budget.key]!r}{unit_spelling(budget.metric)}"{note}')
     lines += [
         "",
         "[check]",
@@ -266,21 +266,9 @@ class Phases:
         }
         lines = [v.reason for v in host.values()]
         lines += [d.describe(unit_of(k)) for k, d in device.decisions.items()]
-        met = all(v.met for v in host.values()) and all(
-            device.decisions.get(b.key) is not None and device.decisions[b.key].met for b in self.context.device_budgets
-        )
-        outcomes = [d.outcome for d in device.decisions.values()]
-        outcome = (
-            "met"
-            if met
-            else "inconclusive"
-            if verdict.INCONCLUSIVE in outcomes
-            and all(v.met for v in host.values())
-            and verdict.VIOLATED not in outcomes
-            else "not met"
-        )
+        outcome = verdict.overall(host, device.decisions, (b.key for b in self.context.device_budgets))
         return {
-            "met": met,
+            "met": outcome == "met",
             "outcome": outcome,
             "decisions": {k: d.to_json() for k, d in device.decisions.items()},
             "host": {k: {"value": v.value, "threshold": v.threshold, "met": v.met} for k, v in host.items()},
