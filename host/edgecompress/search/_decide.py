@@ -24,6 +24,11 @@ from edgecompress.search._schedule import thresholds as cooling
 INTERRUPTED = "interrupted"
 # The fail reason of a trial whose device went away: its plan is queued again and the trial does not count.
 DEVICE_UNAVAILABLE = "device unavailable"
+# Trials of a study shared by several hosts that do not count either: one whose host stopped beating (killed), and
+# one asked by two hosts at once for the round's last place (the later gives way). Both plans are queued again.
+STALE = "stale: its host stopped keeping its heartbeat"
+SURPLUS = "surplus: the round's trials were all taken"
+NOT_COUNTED = (INTERRUPTED, DEVICE_UNAVAILABLE, STALE, SURPLUS)
 # A format must be more than 10% slower than fp32 on every device budget to be left out of the search.
 QUANT_PROBE_MARGIN = 0.10
 
@@ -114,7 +119,7 @@ def counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     interrupted, not lost to a device that went away: those plans are queued again)."""
 
     def candidates_fault(reason: str) -> bool:
-        return reason != INTERRUPTED and not reason.startswith(DEVICE_UNAVAILABLE)
+        return not reason.startswith(NOT_COUNTED)
 
     return [
         tr
