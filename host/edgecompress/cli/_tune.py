@@ -285,3 +285,8 @@ def _summary(result: Any) -> None:
         check = result.run_dir / "check.toml"
         model = next(result.run_dir.glob("model.*"), result.run_dir / "model.onnx")
         console.print(f"re-judge it (CI): edgecompress check {model} --config {check}", highlight=False, markup=False)
+    if final.get("accuracy_collapsed"):
+        from edgecompress.verdict import collapse_message
+
+        line = collapse_message(base["candidate"]["accuracy"], final["accuracy"])
+        console.print(line, style="bold red", highlight=False, markup=False)
