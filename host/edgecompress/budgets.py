@@ -23,16 +23,26 @@ UNITS: dict[str, dict[str, float]] = {
     "mJ": {"uj": 1e-3, "µj": 1e-3, "mj": 1.0, "j": 1e3},
     "W": {"mw": 1e-3, "w": 1.0},
     "count": {"": 1.0},
+    # Percentage points of accuracy; "%" is not a spelling of it but the relative form (percent of the original's).
+    "points": {"pt": 1.0, "pts": 1.0, "points": 1.0},
 }
+
+# The metric of an accuracy floor, and the key under which the original's host accuracy (a fraction) is recorded
+# beside its measured values: the reference every candidate's drop is taken from.
+ACCURACY_DROP = "accuracy.drop"
+REFERENCE_ACCURACY = "accuracy"
 
 
 @dataclass(frozen=True)
 class Evidence:
-    """Everything known about one candidate: its size, and the device measurement when there is one."""
+    """Everything known about one candidate: its size, the device measurement when there is one, and its accuracy
+    on the host with the original's (fractions in [0, 1]) when the host scored it."""
 
     size_bytes: int
     measurement: Measurement | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
 
     @property
     def latency(self) -> LatencyStats | None:
@@ -69,7 +79,9 @@ class Metric:
     help: str
     parameter: str | None = None  # e.g. "exceedance probability" for latency.pwcet@1e-6
     default_parameter: float | None = None
-    requires: str | None = None  # "power": only measurable on a device with a power source
+    # "power": only measurable on a device with a power source; "accuracy": only by tune, which scores every
+    # candidate and the original on the host's validation data (check and bench measure on the device only)
+    requires: str | None = None
 
 
 METRICS: dict[str, Metric] = {}
@@ -91,6 +103,25 @@ def _latency(statistic: str) -> Callable[[Evidence, float | None], float | None]
 for _stat in ("mean", "min", "p50", "p90", "p95", "p99", "p999", "max"):
     register(Metric(f"latency.{_stat}", "ms", False, _latency(_stat), f"{_stat} of per-inference latency"))
 register(Metric("size", "bytes", True, lambda e, p: float(e.size_bytes), "size of the deployed artifact"))
+
+
+def _accuracy_drop(evidence: Evidence, parameter: float | None) -> float | None:
+    if evidence.accuracy is None or evidence.reference_accuracy is None:
+        return None
+    return 100.0 * (evidence.reference_accuracy - evidence.accuracy)
+
+
+register(
+    Metric(
+        ACCURACY_DROP,
+        "points",
+        True,
+        _accuracy_drop,
+        "host-measured accuracy below the original's, in percentage points (an accuracy floor: 'accuracy.drop<=1pt',"
+        " or '<=1%' of the original's accuracy)",
+        requires="accuracy",
+    )
+)
 
 
 def _pwcet(evidence: Evidence, parameter: float | None) -> float | None:
@@ -170,15 +201,26 @@ def check_budgets_measurable(
     raise BudgetError(f"cannot check {', '.join(needing)} on {hello_info.get('board') or 'this device'}: {reason}")
 
 
+def check_budgets_on_device(budgets: Iterable[Budget], command: str = "check") -> None:
+    """A BudgetError for an accuracy floor given to a command that only measures on the device (check, bench)."""
+    floors = [b.text for b in budgets if b.spec.requires == "accuracy"]
+    if floors:
+        raise BudgetError(
+            f"{command} cannot judge {', '.join(floors)}: an accuracy floor is judged by tune, which scores the model "
+            f"and the original on the host's validation data; {command} only measures on the device"
+        )
+
+
 _BUDGET = re.compile(
     r"^\s*(?P<metric>[a-z0-9_.]+)(?:@(?P<param>[0-9.eE+-]+))?\s*(?P<op><=|<)\s*"
-    r"(?P<value>[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(?P<unit>[A-Za-zµ]*)\s*$"
+    r"(?P<value>[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(?P<unit>[A-Za-zµ]*|%)\s*$"
 )
 
 
 @dataclass(frozen=True)
 class Budget:
-    """``metric <= limit``: an absolute limit in the metric's canonical unit, or ``relative`` x the base value."""
+    """``metric <= limit``: an absolute limit in the metric's canonical unit, or ``relative`` x the base value (for
+    an accuracy floor given in %, the base value is the original's accuracy in points)."""
 
     metric: str
     limit: float | None
@@ -249,6 +291,10 @@ def parse_budget(text: str) -> Budget:
     unit = match["unit"]
     if not math.isfinite(value):  # 1e400 parses as infinity: a limit nothing can break
         raise ConfigError(f"budget {text!r}: the limit must be a finite number")
+    if metric.unit == "points":
+        return _accuracy_floor(text, name, value, unit)
+    if unit == "%":
+        raise ConfigError(f"budget {text!r}: % is only for an accuracy floor ({ACCURACY_DROP}<=1%); use x")
     if unit == "x":
         if value <= 0:
             raise ConfigError(f"budget {text!r}: a relative budget must be positive")
@@ -265,6 +311,28 @@ def parse_budget(text: str) -> Budget:
     if not math.isfinite(value * factor):
         raise ConfigError(f"budget {text!r}: the limit must be a finite number")
     return Budget(name, value * factor, None, text.strip(), parameter)
+
+
+def _accuracy_floor(text: str, name: str, value: float, unit: str) -> Budget:
+    """``accuracy.drop<=1pt`` (percentage points below the original's accuracy) or ``<=1%`` (percent of it). A drop
+    of 0 is a floor too: no accuracy lost at all."""
+    if unit == "%":
+        if value > 100:
+            raise ConfigError(f"budget {text!r}: a drop of more than 100% of the original's accuracy is no floor")
+        return Budget(name, None, value / 100.0, text.strip())
+    if unit.lower() not in UNITS["points"]:
+        raise ConfigError(
+            f"budget {text!r}: say whether the drop is in percentage points (e.g. '{name}<=1pt') or in percent "
+            f"of the original's accuracy (e.g. '{name}<=1%')"
+        )
+    if value > 100:
+        raise ConfigError(f"budget {text!r}: accuracy cannot drop by more than 100 points")
+    return Budget(name, value, None, text.strip())
+
+
+def accuracy_floor(budgets: Iterable[Budget]) -> Budget | None:
+    """The run's accuracy floor (an ``accuracy.drop`` budget), if one was stated."""
+    return next((b for b in budgets if b.metric == ACCURACY_DROP), None)
 
 
 def parse_budgets(texts: Iterable[str]) -> list[Budget]:
@@ -284,6 +352,8 @@ def format_value(value: float | None, unit: str) -> str:
         if value >= 1e9:
             return f"{value / 1e9:.2f} GB"
         return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
+    if unit == "points":
+        return f"{value:.2f} pt"
     return f"{value:.3f} {unit}" if unit != "count" else f"{value:g}"
 
 

@@ -278,6 +278,27 @@ def overall(host: Mapping[str, BudgetVerdict], decisions: Mapping[str, Decision]
     return "met" if all(d is not None and d.met for d in device) else INCONCLUSIVE
 
 
+# Without an accuracy floor, a final model more than this many percentage points below the original's accuracy is
+# called collapsed: tune still answers on the budgets it was given (and exits as it did), but says so plainly. Ten
+# points is far beyond the loss any compression is normally accepted at (tolerable-loss criteria are 1% or so) and
+# far above the noise of the host's scoring, so a collapsed model is never a borderline call.
+COLLAPSE_DROP_POINTS = 10.0
+
+
+def accuracy_collapsed(original_accuracy: float, accuracy: float, floor_stated: bool) -> bool:
+    """True when no accuracy floor was stated and ``accuracy`` is more than COLLAPSE_DROP_POINTS below the
+    original's (accuracies as fractions). With a floor, the floor decides, in the verdict."""
+    return not floor_stated and 100.0 * (original_accuracy - accuracy) > COLLAPSE_DROP_POINTS
+
+
+def collapse_message(original_accuracy: float, accuracy: float) -> str:
+    """The console's, the log's and the report's line for a collapsed final model."""
+    return (
+        f"accuracy collapsed: {accuracy:.1%} against the original's {original_accuracy:.1%}; state a floor with "
+        "--budget 'accuracy.drop<=1pt'"
+    )
+
+
 def all_decided(decisions: Mapping[str, Decision]) -> bool:
     return all(d.outcome != INCONCLUSIVE for d in decisions.values())
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from edgecompress.analysis import compare_paired, compare_samples, compare_values
 from edgecompress.artifact import Artifact
-from edgecompress.budgets import Budget, check_budgets_measurable, format_value
+from edgecompress.budgets import Budget, check_budgets_measurable, check_budgets_on_device, format_value
 from edgecompress.config import DeviceProfile
 from edgecompress.device import MeasureRequest, check_runtime, open_session
 from edgecompress.errors import ConfigError
@@ -56,7 +56,9 @@ def budget_targets(
     budgets: Sequence[Budget], baseline: Baseline | None, reference: Artifact | None = None
 ) -> dict[str, float]:
     """The limit of every budget: an absolute one as it is; a relative one (``0.9x``) as that ratio when a reference
-    model is given (judged on windows alternating with it), else relative to the baseline's value."""
+    model is given (judged on windows alternating with it), else relative to the baseline's value. An accuracy
+    floor is a BudgetError: check measures on the device only."""
+    check_budgets_on_device(budgets)
     targets = {}
     for budget in budgets:
         if budget.relative is not None and reference is not None and not budget.spec.on_host:

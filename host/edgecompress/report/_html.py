@@ -21,6 +21,7 @@ from edgecompress.errors import ConfigError
 from edgecompress.report import _plots as plots
 from edgecompress.report._files import write_text
 from edgecompress.report._page import Raw, cell, esc, fig, figs, kv_table, num, page, para, pre, table
+from edgecompress.verdict import collapse_message
 
 if TYPE_CHECKING:
     from edgecompress.compress import CompressionPlan, SearchSpace
@@ -125,7 +126,11 @@ def _verdict(results: Mapping[str, Any]) -> tuple[str, str]:
     if final.get("identical_to_original"):
         return "the original already meets the budgets (the final model is the original's bytes)", "ok"
     if final.get("met"):
-        return f"budgets met ({final.get('which')}): {(final.get('verdict') or {}).get('summary', '')}", "ok"
+        met = f"budgets met ({final.get('which')}): {(final.get('verdict') or {}).get('summary', '')}"
+        if final.get("accuracy_collapsed"):
+            original = (results.get("base") or {}).get("candidate", {}).get("accuracy", 0.0)
+            return f"{collapse_message(original, final.get('accuracy', 0.0))}. {met}", "bad"
+        return met, "ok"
     if final.get("outcome") == "inconclusive":
         return "budgets inconclusive: the measurements could not decide them (never reported as met)", "warn"
     return "budgets not met: no candidate was confirmed on the device", "bad"

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import nn
 
 from edgecompress.artifact import Artifact
-from edgecompress.budgets import Budget, Evidence
+from edgecompress.budgets import METRICS, REFERENCE_ACCURACY, Budget, Evidence
 from edgecompress.compress import (
     CompressionPlan,
     SearchSpace,
@@ -38,10 +39,21 @@ class Candidate:
     build_s: float
     eval_s: float
 
-    def host_values(self, budgets: list[Budget]) -> dict[str, float | None]:
-        """Metric values the host knows without the device (size)."""
-        evidence = Evidence(size_bytes=self.artifact.size_bytes)
-        return {b.key: b.value(evidence) for b in budgets if b.spec.on_host}
+    def host_values(
+        self, budgets: list[Budget], original: Mapping[str, float | None] | None = None
+    ) -> dict[str, float | None]:
+        """Metric values the host knows without the device: size, and the accuracy drop from the original's
+        accuracy, which ``original`` (the original's values) holds under REFERENCE_ACCURACY.
+
+        Without the original's accuracy the drop is left out, not None: absent is "never measured, no evidence"
+        (verdict's one missing-value rule), where None would fail the candidate as if it had no value."""
+        reference = (original or {}).get(REFERENCE_ACCURACY)
+        evidence = Evidence(size_bytes=self.artifact.size_bytes, accuracy=self.accuracy, reference_accuracy=reference)
+        return {
+            b.key: b.value(evidence)
+            for b in budgets
+            if b.spec.on_host and not (b.spec.requires == "accuracy" and reference is None)
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,4 +150,14 @@ def measure_candidate(
     observation = observe(
         session, sha, artifact.size_bytes, spec, budgets, thresholds=thresholds, windows=windows, reference=paired
     )
-    return DeviceResult(observation, t1 - t0, time.perf_counter() - t1)
+    return DeviceResult(device_only(observation), t1 - t0, time.perf_counter() - t1)
+
+
+def device_only(observation: Observation) -> Observation:
+    """The observation without the metrics no device can measure (the accuracy drop): the device was never asked
+    for them, so they are absent rather than None, and merging the device's values into the host's keeps the host's."""
+    host_only = {name for name, metric in METRICS.items() if metric.requires == "accuracy"}
+    if not host_only & observation.values.keys():
+        return observation
+    values = {k: v for k, v in observation.values.items() if k not in host_only}
+    return dataclasses.replace(observation, values=values)

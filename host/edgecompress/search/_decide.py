@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from edgecompress import verdict
-from edgecompress.budgets import Budget
+from edgecompress.budgets import REFERENCE_ACCURACY, Budget
 from edgecompress.compress import CompressionPlan, SearchSpace
 from edgecompress.compress._space import Quant
 from edgecompress.config import TuneConfig
@@ -206,12 +206,27 @@ def closest_to(samples: Sequence[Mapping[str, float | None]], center: Mapping[st
 def cooling_plan(
     budgets: Sequence[Budget], original: Mapping[str, float | None], config: TuneConfig
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Every budget's absolute target C (relative ones on the original's value L0) and its threshold per round."""
+    """Every budget's absolute target C (relative ones on the original's value L0) and its threshold per round.
+
+    An accuracy floor is not cooled: it holds at C from the first round. It is the user's hard requirement, not a
+    device figure the search walks down to; the original meets it by definition (its drop is 0), so a cooled floor
+    would start at C anyway, and a looser early floor would let a round keep a collapsed base that later rounds,
+    which only prune further, cannot bring back. Its relative form (``<=1%``) is a percent of the original's
+    accuracy, which ``original`` holds under REFERENCE_ACCURACY.
+    """
     rounds = round_count(config)
     kind = "one-step" if rounds == 1 else config.schedule
-    targets = {b.key: b.target(original.get(b.key)) for b in budgets}
+    targets: dict[str, float] = {}
     schedule: dict[str, list[float]] = {}
     for b in budgets:
+        if b.spec.requires == "accuracy":
+            reference = original.get(REFERENCE_ACCURACY)
+            if reference is None:
+                raise ConfigError(f"budget {b.text!r}: the original model's accuracy is unknown")
+            targets[b.key] = b.target(100.0 * float(reference))
+            schedule[b.key] = [targets[b.key]] * rounds
+            continue
+        targets[b.key] = b.target(original.get(b.key))
         base_value = original.get(b.key)
         if base_value is None:
             raise ConfigError(f"the device did not report {b.key} for the original model")

@@ -12,7 +12,7 @@ from torch import nn
 
 from edgecompress import verdict
 from edgecompress.artifact import Artifact
-from edgecompress.budgets import format_value, unit_of
+from edgecompress.budgets import REFERENCE_ACCURACY, accuracy_floor, format_value, unit_of
 from edgecompress.compress import CompressionPlan, apply_plan, finetune
 from edgecompress.compress._space import Quant
 from edgecompress.device import DevicePool
@@ -44,6 +44,13 @@ def check_config(context: RunContext, targets: dict[str, float]) -> str:
         "[budgets]",
     ]
     for budget in context.budgets:
+        if budget.spec.requires == "accuracy":
+            # check measures on the device only: it has neither the validation data nor the original's accuracy.
+            lines.append(
+                f"# {budget.text}: not re-judged by check, which measures on the device only; tune judged the "
+                "accuracy floor on the host (results.json, final.verdict)"
+            )
+            continue
         if budget.relative is not None and not budget.spec.on_host:
             # Judged as tune judged it: on windows alternating with the original (reference below).
             lines.append(f'"{budget.key}" = "{budget.relative!r}x"')
@@ -53,7 +60,7 @@ def check_config(context: RunContext, targets: dict[str, float]) -> str:
     lines += [
         "",
         "[check]",
-        f'device = "{config.device}"',
+        f'device = "{context.device_spec or config.devices[0]}"',
         f"runs = {request.runs}",
         f"min_seconds = {request.min_seconds!r}",
         f"batch = {config.batch}",
@@ -93,6 +100,9 @@ class Phases:
         ]
         values = decide.median_values([r.values for r in repeats])
         kept = repeats[decide.closest_to([r.values for r in repeats], values)]
+        # The reference of an accuracy floor, kept with the values every trial is judged against (its own drop: 0).
+        values[REFERENCE_ACCURACY] = candidate.accuracy
+        values.update(candidate.host_values(list(context.budgets), values))
         targets, schedule = decide.cooling_plan(context.budgets, values, context.config)
         (context.run_dir / f"original.{context.target.format}").write_bytes(candidate.artifact.data)
         for b in context.budgets:
@@ -120,7 +130,8 @@ class Phases:
         device_keys = [b.key for b in context.device_budgets]
         if not config.quant_probe or config.strategy == "uniform" or "fp32" not in modes or len(modes) < 2:
             return probe
-        if len(device_keys) < len(context.budgets):
+        # An accuracy floor rewards no format; a size budget rewards the smaller ones whatever their speed.
+        if any(b.spec.on_host and b.spec.requires != "accuracy" for b in context.budgets):
             probe["skipped"] = "a host-checked budget (size) rewards the smaller formats"
             return probe
         assert self.state.original is not None
@@ -236,7 +247,11 @@ class Phases:
                 "before_finetune_accuracy": chosen.user_attrs["candidate"]["accuracy"],
                 # Channels per group before and after this round, for reports (the plan alone holds only ratios).
                 "groups": group_channels(space, plan),
-                "next_base": {**candidate.to_json(), "values": device.values, "observation": device.observation},
+                "next_base": {
+                    **candidate.to_json(),
+                    "values": {**device.values, **self._host_values(candidate)},
+                    "observation": device.observation,
+                },
                 "base_verdict": base_verdict,
             }
         )
@@ -257,10 +272,16 @@ class Phases:
             self.pool, self.context, candidate.artifact, judged, self.reporter.message, self.context.confirm_windows
         )
 
+    def _host_values(self, candidate: Candidate) -> dict[str, float | None]:
+        """The candidate's host-checked values: size, and its accuracy drop from the original's."""
+        assert self.state.original is not None
+        return candidate.host_values(list(self.context.budgets), self.state.original["values"])
+
     def _verdict(self, candidate: Candidate, thresholds: dict[str, float], device: DeviceRecord) -> dict[str, Any]:
         """Host budgets on the candidate's values, device budgets by their decisions: met only when every one is."""
+        values = self._host_values(candidate)
         host = {
-            b.key: verdict.judge(b.key, candidate.host_values([b]).get(b.key), thresholds[b.key])
+            b.key: verdict.judge(b.key, values.get(b.key), thresholds[b.key])
             for b in self.context.budgets
             if b.spec.on_host
         }
@@ -286,6 +307,7 @@ class Phases:
         assert state.original is not None
         targets = state.targets
         base_acc = state.original["candidate"]["accuracy"]
+        floor = accuracy_floor(context.budgets) is not None
         rejected: list[dict[str, Any]] = []
         for label, model, plan in options:
             _, candidate = context.build(model, plan, space, model=model)
@@ -310,6 +332,7 @@ class Phases:
                 )
                 continue
             if judged["met"]:
+                collapsed = verdict.accuracy_collapsed(base_acc, candidate.accuracy, floor)
                 self._write_final(candidate, decide.composed_plan(original_space, context.space(model), plan))
                 if identical:
                     # Never reported as a compression: the bytes are the original's.
@@ -323,14 +346,19 @@ class Phases:
                         f"{candidate.accuracy:.4f} (original {base_acc:.4f}, drop "
                         f"{100 * (base_acc - candidate.accuracy):.2f} points); {judged['summary']}"
                     )
+                if collapsed:
+                    self.reporter.message(verdict.collapse_message(base_acc, candidate.accuracy))
                 return {
                     "met": True,
                     "which": "original" if identical else label,
                     "identical_to_original": identical,
                     **candidate.to_json(),
-                    "values": device.values,
+                    "values": {**device.values, **self._host_values(candidate)},
                     "verdict": judged,
                     "accuracy_drop": base_acc - candidate.accuracy,
+                    "accuracy_drop_points": 100 * (base_acc - candidate.accuracy),
+                    # Far below the original without a floor (verdict.COLLAPSE_DROP_POINTS): met, but said plainly.
+                    "accuracy_collapsed": collapsed,
                     "observation": device.observation,
                     "rejected": rejected,
                     "validation": parity.to_json() if parity is not None else None,
