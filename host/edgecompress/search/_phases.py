@@ -60,7 +60,7 @@ def check_config(context: RunContext, targets: dict[str, float]) -> str:
     lines += [
         "",
         "[check]",
-        f'device = "{context.device_spec or config.devices[0]}"',
+        f'device = "{config.device}"',
         f"runs = {request.runs}",
         f"min_seconds = {request.min_seconds!r}",
         f"batch = {config.batch}",
