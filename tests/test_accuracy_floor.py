@@ -160,8 +160,17 @@ def test_a_run_whose_model_collapses_under_a_floor_ends_not_met(tmp_path):
     final = results["final"]
     assert final["met"] is False and final["outcome"] == "not met"
     assert final["rejected"] and all("accuracy.drop = " in r["summary"] for r in final["rejected"])
-    assert all(r["accuracy"] < 0.9 for r in final["rejected"])  # the floor rejected them, not the size budget
+    original = results["base"]["candidate"]["accuracy"]
+    # A candidate more than a point below the original is rejected by the floor, whatever its size.
+    collapsed = [r for r in final["rejected"] if r["accuracy"] < original - 0.01]
+    assert all("pt > 1.00 pt" in r["summary"] for r in collapsed), collapsed
     assert not (out / "model.onnx").exists()
+    # The search judged the floor on the host: a trial over it is infeasible and got no device time.
+    trials = [t for t in results["trials"] if t["state"] == "COMPLETE"]
+    assert all("accuracy.drop" in t["values"] for t in trials)
+    over = [t for t in trials if t["values"]["accuracy.drop"] > 1.0]
+    assert over, trials
+    assert all(t["feasible"] is False and t["latency"] is None for t in over)
     # check.toml leaves the floor out, saying why, and stays a valid check configuration.
     check = (out / "check.toml").read_text()
     assert "# accuracy.drop<=1pt: not re-judged by check" in check

@@ -305,6 +305,7 @@ def test_tune_on_local_tflite_end_to_end(tmp_path):
         "3",
         "--seed",
         "3",
+        "--no-screen",
         *QUICK,
         "--out",
         str(out),

@@ -28,7 +28,7 @@ def test_an_energy_budget_drives_a_search_on_a_fixture_power_source(tmp_path, en
     out = tmp_path / "run"
     result = edgecompress(
         "tune", "--example", "digits", "--device", str(profile), "--budget", "energy<=0.9x",
-        "--rounds", "1", "--trials-per-round", "3", *QUICK, "--out", str(out), env=env,
+        "--rounds", "1", "--trials-per-round", "3", "--no-screen", *QUICK, "--out", str(out), env=env,
     )  # fmt: skip
     assert result.returncode in (0, 1), result.stderr
     results = json.loads((out / "results.json").read_text())

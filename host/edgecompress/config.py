@@ -84,6 +84,16 @@ class ThermalSettings(_Strict):
     repeat_if_throttled: bool = True
 
 
+class PoolSettings(_Strict):
+    """A pool profile's ``[pool]`` table: devices of one kind that measure a tune run's candidates side by side."""
+
+    members: list[str] = Field(min_length=1)  # profile names, .toml files or user@host[:port]
+    # Each member measures the original before the search; one whose figure differs from the members' median by
+    # more than this fraction on a device budget is reported and left out (unless keep_outliers).
+    tolerance: float = Field(default=0.15, gt=0)
+    keep_outliers: bool = False
+
+
 class DeviceProfile(_Strict):
     """Everything edgecompress needs to know to measure on one device."""
 
@@ -99,6 +109,7 @@ class DeviceProfile(_Strict):
     thermal: ThermalSettings = Field(default_factory=ThermalSettings)
     facts: dict[str, str] = Field(default_factory=dict)
     sysfs_root: str | None = None  # local agent only: a fixture tree read instead of /sys and /proc
+    pool: PoolSettings | None = None  # a pool profile: its members are the devices, it measures nothing itself
 
 
 def _describe(error: ValidationError) -> str:
@@ -176,8 +187,17 @@ def _intended_name(path: Path) -> str:
     return name if isinstance(name, str) and name else path.stem
 
 
-def resolve_device(spec: str, user_dir: Path | None = None) -> DeviceProfile:
-    """A profile from a name, a TOML file path, an ad-hoc ``user@host[:port]``, or a Host alias of ~/.ssh/config."""
+def resolve_device(spec: str, user_dir: Path | None = None, pool_ok: bool = False) -> DeviceProfile:
+    """A profile from a name, a TOML file path, an ad-hoc ``user@host[:port]``, or a Host alias of ~/.ssh/config.
+    A pool profile only where ``pool_ok`` (tune); the commands that measure on one device are told its members."""
+    profile = _resolve_device(spec, user_dir)
+    if profile.pool is not None and not pool_ok:
+        members = ", ".join(profile.pool.members)
+        raise ConfigError(f"device {spec} is a pool; this command measures on one device: give one of {members}")
+    return profile
+
+
+def _resolve_device(spec: str, user_dir: Path | None) -> DeviceProfile:
     if spec.endswith(".toml"):
         path = Path(spec)
         if not path.is_file():
@@ -208,6 +228,50 @@ def resolve_device(spec: str, user_dir: Path | None = None) -> DeviceProfile:
     )
 
 
+def resolve_pool(
+    specs: list[str], user_dir: Path | None = None
+) -> tuple[list[tuple[str, DeviceProfile]], PoolSettings]:
+    """The members of ``--device`` given once or more (a pool profile stands for its members) as (spec, profile),
+    named uniquely (a device named twice gets #2, #3...; local agents of one name each get a cache folder of their
+    own), and the pool's settings (a pool profile's, else the defaults)."""
+    members: list[tuple[str, DeviceProfile]] = []
+    settings = PoolSettings(members=list(specs))
+    for spec in specs:
+        profile = resolve_device(spec, user_dir, pool_ok=True)
+        if profile.pool is None:
+            members.append((spec, profile))
+            continue
+        settings = profile.pool
+        base = Path(spec).parent if spec.endswith(".toml") else None
+        for member in profile.pool.members:
+            if base is not None and member.endswith(".toml") and not Path(member).is_absolute():
+                member = str(base / member)
+            found = resolve_device(member, user_dir, pool_ok=True)
+            if found.pool is not None:
+                raise ConfigError(f"pool {profile.name}: member {member} is a pool itself")
+            members.append((member, found))
+    named: list[tuple[str, DeviceProfile]] = []
+    seen: dict[str, int] = {}
+    for spec, profile in members:
+        seen[profile.name] = seen.get(profile.name, 0) + 1
+        if seen[profile.name] == 1:
+            named.append((spec, profile))
+            continue
+        name = f"{profile.name}#{seen[profile.name]}"
+        update: dict[str, Any] = {"name": name}
+        if profile.transport == "local":
+            cache = Path(profile.cache_dir or _agent_cache_dir())
+            update["cache_dir"] = str(cache.parent / f"{cache.name}-{name.replace('#', '-')}")
+        named.append((spec, profile.model_copy(update=update)))
+    return named, settings
+
+
+def _agent_cache_dir() -> str:
+    from edgecompress_agent.server import default_cache_dir  # the agent's own default, as it would pick it
+
+    return str(default_cache_dir())
+
+
 class TuneConfig(_Strict):
     """Everything ``edgecompress tune`` needs; from an ``edgecompress.toml`` ``[tune]`` table and flags."""
 
@@ -216,7 +280,8 @@ class TuneConfig(_Strict):
     data: str | None = None
     data_dir: str | None = None
     arch: str | None = None
-    device: str = "local"
+    # One device, or several of one kind measuring side by side (--device repeated, or a pool profile).
+    device: str | list[str] = "local"
     budgets: list[str] = Field(default_factory=list)
     name: str | None = None
     rounds: int = Field(default=3, ge=1, le=50)
@@ -268,6 +333,28 @@ class TuneConfig(_Strict):
     validate_final: bool = True
     validate_samples: int = Field(default=500, ge=1)
     min_agreement: float = Field(default=0.99, ge=0, le=1)
+    # The next round's base: the most accurate feasible trial by the search's score, or the best of the top 3 after
+    # base_probe_steps distillation steps each (docs/benchmarks.md, "Accuracy proxy": which one wins, measured).
+    base_choice: Literal["score", "short-finetune"] = "score"
+    base_probe_steps: int = Field(default=50, ge=1)
+    # Device time only where it can change the answer: a candidate that cannot beat the round's best, or that the
+    # run's latency model predicts infeasible, is not measured (docs/tune.md, "Latency model screening").
+    screen: bool = True
+    # Build and score the next candidate on the host while the device measures: auto = yes for remote devices, and
+    # for a local one only when the host and the agent can be pinned to cores of their own.
+    overlap: Literal["auto", "yes", "no"] = "auto"
+    # A run shared with other hosts (--storage postgresql://...): where candidates' bases and the original travel
+    # (Optuna's artifact store: a folder every host sees, or s3://bucket/prefix). Default: artifacts/ in the run.
+    artifacts: str | None = None
+
+    @property
+    def devices(self) -> list[str]:
+        return [self.device] if isinstance(self.device, str) else list(self.device)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other hosts may join (a storage given, not the run folder's own SQLite file)."""
+        return self.storage is not None
 
 
 def load_tune_config(path: Path | None, overrides: dict) -> TuneConfig:

@@ -8,6 +8,7 @@ from edgecompress.cli import (  # noqa: F401  (registers the commands)
     _report,
     _tune,
     _validate,
+    _worker,
 )
 from edgecompress.cli._app import app, main
 

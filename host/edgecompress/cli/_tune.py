@@ -39,6 +39,12 @@ class ConsoleReporter:
         if record.get("state") == "FAIL":
             console.print(f"  #{record['number']:<3} [red]failed[/] {record.get('fail_reason')}", highlight=False)
             return
+        if record.get("screened"):
+            accuracy = record.get("accuracy", float("nan"))
+            console.print(
+                f"  #{record['number']:<3} · acc {accuracy:.4f}  not measured: {record['screened']}", highlight=False
+            )
+            return
         mark = "[green]✓[/]" if record.get("feasible") else "[red]✗[/]"
         values = record.get("values") or {}
         decisions = record.get("decisions") or {}
@@ -48,9 +54,10 @@ class ConsoleReporter:
         mean_ratio = sum(ratios.values()) / len(ratios) if ratios else 0.0
         best_text = f"{best:.4f}" if best is not None else "-"
         eta = f"{eta_s / 60:.1f} min of trials" if eta_s is not None else "-"
+        where = f"  on {record['where']}" if record.get("where") else ""
         console.print(
             f"  #{record['number']:<3} {mark} acc {record.get('accuracy', float('nan')):.4f}  {shown}  "
-            f"{plan.get('quant', '?')} prune~{mean_ratio:.2f}  best {best_text}  ETA {eta}",
+            f"{plan.get('quant', '?')} prune~{mean_ratio:.2f}  best {best_text}  ETA {eta}{where}",
             highlight=False,
         )
 
@@ -75,7 +82,13 @@ def tune(
     data: str | None = typer.Option(None, help="Data entry point, package.module:attr."),
     data_dir: str | None = typer.Option(None, help="Data folder for a built-in example."),
     arch: str | None = typer.Option(None, help="Reference network of a built-in example (e.g. resnet, mobilenetv2)."),
-    device: str | None = typer.Option(None, "--device", "-d", help="Profile name, .toml file, or user@host[:port]."),
+    device: list[str] = typer.Option(
+        [],
+        "--device",
+        "-d",
+        help="Profile name, .toml file, or user@host[:port]. Repeat it (or give a pool profile) to measure on "
+        "several devices of one kind side by side.",
+    ),
     budget: list[str] = typer.Option(
         [],
         "--budget",
@@ -116,7 +129,41 @@ def tune(
     opset: int | None = typer.Option(None, help="ONNX opset (default: the highest the device's runtime loads)."),
     name: str | None = typer.Option(None, help="Study name (default tune-<example>)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: a new one under runs/)."),
-    storage: str | None = typer.Option(None, help="Optuna storage URL (default: SQLite in the output folder)."),
+    storage: str | None = typer.Option(
+        None,
+        help="Optuna storage URL (default: SQLite in the output folder). A given one (postgresql://...) makes the "
+        "run shareable: edgecompress worker joins it from other hosts.",
+    ),
+    artifacts: str | None = typer.Option(
+        None,
+        help="Where a shared run's original and round bases travel to workers: a folder every host sees, or "
+        "s3://BUCKET (default: artifacts/ in the output folder).",
+    ),
+    base_choice: str | None = typer.Option(
+        None,
+        "--base-choice",
+        help="score (default): the next base is the round's most accurate feasible trial; short-finetune: the best "
+        "of its top 3 after --base-probe-steps distillation steps each.",
+    ),
+    base_probe_steps: int | None = typer.Option(None, min=1, help="Steps of the short fine-tune (default 50)."),
+    drift_wait: float | None = typer.Option(
+        None,
+        "--drift-wait",
+        min=0,
+        help="Seconds a device whose original drifted before a round is left to settle before it is measured "
+        "again (default 30; 0: again at once).",
+    ),
+    screen: bool | None = typer.Option(
+        None,
+        "--screen/--no-screen",
+        help="Leave unmeasured the candidates that cannot beat the round's best or that the run's latency model "
+        "predicts infeasible (default on; screened trials do not count towards a round).",
+    ),
+    overlap: str | None = typer.Option(
+        None,
+        help="auto (default), yes or no: build the next candidate while the device measures (on a local device "
+        "only when host and agent can be pinned to cores of their own).",
+    ),
     resume: Path | None = typer.Option(None, help="Continue the run in this folder (other flags are ignored)."),
     accept_new_host: bool = typer.Option(
         False,
@@ -182,7 +229,7 @@ def tune(
             "data": data,
             "data_dir": data_dir,
             "arch": arch,
-            "device": device,
+            "device": (device[0] if len(device) == 1 else device) or None,
             "budgets": budget,
             "rounds": rounds,
             "trials_per_round": trials_per_round,
@@ -202,6 +249,12 @@ def tune(
             "opset": opset,
             "name": name,
             "storage": storage,
+            "artifacts": artifacts,
+            "overlap": overlap,
+            "screen": screen,
+            "drift_wait_s": drift_wait,
+            "base_choice": base_choice,
+            "base_probe_steps": base_probe_steps,
             "accept_new_host": accept_new_host or None,
             "device_wait_s": device_wait,
             "host_device": host_device,

@@ -509,6 +509,7 @@ def _trials_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
                 num(tr.get("duration_s"), 3),
                 ", ".join((tr.get("observation") or {}).get("flags") or []),
                 tr.get("fail_reason") or "",
+                "/".join(w for w in (tr.get("worker"), tr.get("member")) if w),
                 _plan_text(plan),
             ]
         )
@@ -529,11 +530,69 @@ def _trials_section(results: Mapping[str, Any], keys: Sequence[tuple[str, str, f
         "seconds",
         "flags",
         "failure",
+        "measured on",
         "plan",
     )
     return Raw(
         para("Click a column header to sort.", "muted") + table(headers, rows, sortable=True, id_="trials-table")
     )
+
+
+def _scale_section(results: Mapping[str, Any]) -> Raw:
+    """The devices and hosts that worked the run: per member its trials, leases, leases lost and busy share; per
+    host (a shared run's workers) its trials; how many trials were in flight at once and whether the host overlapped."""
+    device = results.get("device") or {}
+    scale = device.get("scale") or {}
+    trials = results.get("trials") or []
+    measured: dict[str, int] = {}
+    by_host: dict[str, int] = {}
+    for tr in trials:
+        if tr.get("state") == "COMPLETE" and tr.get("member") and not tr.get("duplicate_of"):
+            measured[tr["member"]] = measured.get(tr["member"], 0) + 1
+        if tr.get("worker"):
+            by_host[tr["worker"]] = by_host.get(tr["worker"], 0) + 1
+    rows = []
+    for name, member in (scale.get("members") or {}).items():
+        if "left_out" in member:
+            rows.append([name, "left out", "", "", "", "", member["left_out"]])
+            continue
+        state = "dropped" if member.get("dropped") else ("away" if member.get("away") else "in the pool")
+        rows.append(
+            [
+                name,
+                state,
+                num(measured.get(name, 0)),
+                num(member.get("leases")),
+                num(member.get("leases_lost")),
+                "" if member.get("busy_fraction") is None else f"{100 * member['busy_fraction']:.1f}",
+                ""
+                if member.get("busy_fraction_in_trials") is None
+                else f"{100 * member['busy_fraction_in_trials']:.1f}",
+            ]
+        )
+    if not rows:
+        return para("Not recorded by this run (an older version).", "muted")
+    overlap = device.get("overlap") or {}
+    facts = [
+        ("overlap", ("on: " if overlap.get("on") else "off: ") + str(overlap.get("why", "")) if overlap else None),
+        ("trials in flight at most", scale.get("in_flight_max")),
+        (
+            "host worker busy",
+            None if scale.get("host_busy_fraction") is None else f"{100 * scale['host_busy_fraction']:.1f}%",
+        ),
+    ]
+    parts = [
+        para(
+            "Busy is the share of the run's wall time a device was leased (uploading and measuring); the rest it "
+            "waited on the host (building, scoring, fine-tuning between rounds). In trials: the same share over the "
+            "rounds' trials only."
+        ),
+        table(("device", "state", "trials measured", "leases", "leases lost", "busy %", "busy % in trials"), rows),
+        kv_table(facts),
+    ]
+    if by_host:
+        parts.append(table(("host", "trials"), [[host, num(n)] for host, n in sorted(by_host.items())]))
+    return Raw("".join(parts))
 
 
 def keys_headers(keys: Sequence[tuple[str, str, float]]) -> list[str]:
@@ -663,6 +722,7 @@ def tune_report_html(results: Mapping[str, Any]) -> str:
         ("rounds", "Rounds", _rounds_section(results, keys)),
         ("trials", "Trials", _trials_section(results, keys)),
         ("drift", "Device drift", _drift_section(results)),
+        ("scale", "Devices and hosts", _scale_section(results)),
         ("environment", "Device, versions, command", _environment_section(results)),
     ]
     return page(f"edgecompress tune: {name}", subtitle, sections)

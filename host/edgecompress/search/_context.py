@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +23,19 @@ from edgecompress.search._decide import make_sampler, round_count
 from edgecompress.search._negotiate import ExportTarget
 from edgecompress.verdict import WindowPlan
 from edgecompress.workload import Workload
+
+# A study shared by several hosts: each beats for its trials in flight every HEARTBEAT_S; a RUNNING trial whose last
+# beat is older than HEARTBEAT_GRACE_S is stale (its host was killed) and is failed and queued again.
+HEARTBEAT_S = 5
+HEARTBEAT_GRACE_S = 30
+
+
+def heartbeat_storage(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage that keeps trial heartbeats (an Optuna feature still marked experimental: not warned about)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S)
+
 
 # Above this many prunable groups, the space gets one ratio per stage (a few trials per round cannot learn 30).
 COARSEN_ABOVE_GROUPS = 12
@@ -48,6 +62,7 @@ class RunContext:
     name: str
     original: Artifact | None = None  # the original's artifact, once measured: relative budgets pair with it
     host_device: str = "cpu"  # the torch device of host compute (resolved from config.host_device)
+    device_spec: str = ""  # how `check` names the device (one member of a pool); default: config.device
 
     @property
     def relative_keys(self) -> frozenset[str]:
@@ -79,6 +94,13 @@ class RunContext:
     @property
     def rounds(self) -> int:
         return round_count(self.config)
+
+    @cached_property
+    def optuna_storage(self) -> str | optuna.storages.BaseStorage:
+        """The studies' storage: a shared one (other hosts may join) with heartbeats for stale-trial expiry."""
+        if not self.config.shared:
+            return self.storage
+        return optuna.storages.RDBStorage(self.storage, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S)
 
     @cached_property
     def request(self) -> MeasureRequest:
@@ -123,7 +145,7 @@ class RunContext:
         """Round t's study (created on first use): its own threshold, its own seeded sampler."""
         study = optuna.create_study(
             study_name=f"{self.name}/round-{t}",
-            storage=self.storage,
+            storage=self.optuna_storage,
             sampler=make_sampler(self.config, t),
             direction="maximize",
             load_if_exists=True,

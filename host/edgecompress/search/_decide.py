@@ -6,6 +6,7 @@ call them.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -22,6 +23,9 @@ from edgecompress.errors import ConfigError
 from edgecompress.search._schedule import thresholds as cooling
 
 INTERRUPTED = "interrupted"
+# Besides the fine-tuned base and its trial, how many more of the last round's feasible trials the final
+# confirmation may try (each costs a confirmation's windows on the device).
+FINAL_ALTERNATIVES = 2
 # The fail reason of a trial whose device went away: its plan is queued again and the trial does not count.
 DEVICE_UNAVAILABLE = "device unavailable"
 # Trials of a study shared by several hosts that do not count either: one whose host stopped beating (killed), and
@@ -115,8 +119,9 @@ class UniformSearch:
 
 
 def counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials that count toward a round's number: complete, or failed through the candidate's own fault (not
-    interrupted, not lost to a device that went away: those plans are queued again)."""
+    """The trials that count toward a round's number: complete and measured (a trial the latency model screened
+    costs no device time and does not count), or failed through the candidate's own fault (not interrupted, not
+    lost to a device that went away: those plans are queued again)."""
 
     def candidates_fault(reason: str) -> bool:
         return not reason.startswith(NOT_COUNTED)
@@ -124,7 +129,7 @@ def counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [
         tr
         for tr in trials
-        if tr.state == TrialState.COMPLETE
+        if (tr.state == TrialState.COMPLETE and not tr.user_attrs.get("screened"))
         or (tr.state == TrialState.FAIL and candidates_fault(str(tr.user_attrs.get("fail_reason"))))
     ]
 
@@ -138,14 +143,18 @@ def _accuracy(trial: FrozenTrial) -> float:
     return float(trial.user_attrs["candidate"]["accuracy"])
 
 
-def best_accuracy(trials: Sequence[FrozenTrial]) -> float | None:
-    """The highest accuracy among the complete, feasible trials (None before the first)."""
-    feasible = [
-        tr.user_attrs.get("candidate", {}).get("accuracy")
-        for tr in trials
-        if tr.state == TrialState.COMPLETE and tr.user_attrs.get("feasible")
-    ]
-    return max(feasible) if feasible else None
+def best_accuracy(trials: Sequence[FrozenTrial], rank: int = 1) -> float | None:
+    """The highest accuracy among the complete, feasible trials (None before the first); with ``rank`` k, the k-th
+    highest of distinct plans (None while fewer than k)."""
+    feasible = sorted(
+        (
+            tr.user_attrs.get("candidate", {}).get("accuracy")
+            for tr in trials
+            if tr.state == TrialState.COMPLETE and tr.user_attrs.get("feasible") and "duplicate_of" not in tr.user_attrs
+        ),
+        reverse=True,
+    )
+    return feasible[rank - 1] if len(feasible) >= rank else None
 
 
 def select(trials: Sequence[FrozenTrial], thresholds: Mapping[str, float]) -> tuple[FrozenTrial | None, bool]:
@@ -275,3 +284,65 @@ def alternatives(trials: Sequence[FrozenTrial], chosen: int, count: int) -> list
         and "candidate" in tr.user_attrs
     ]
     return sorted(feasible, key=lambda tr: -_accuracy(tr))[:count]
+
+
+# Slack buys accuracy: when the round's most accurate feasible trial sits this far under every threshold, a less
+# pruned plan between it and the round's base is tried, aimed MARGIN under the threshold; at most REFINEMENTS a round.
+SLACK = 0.15
+MARGIN = 0.05
+REFINEMENTS = 2
+
+
+def _is_identity(trial: FrozenTrial) -> bool:
+    return all(v == 0 for k, v in trial.params.items() if k.startswith("ratio:"))
+
+
+def toward_boundary(
+    trials: Sequence[FrozenTrial], judged: Mapping[str, float], step: float
+) -> tuple[dict[str, Any], int] | None:
+    """Parameters of a less pruned plan on the line from the round's most accurate feasible trial to the round's
+    base (its identity trial, in the same format), aimed MARGIN under the threshold, and the trial it refines; None
+    when that trial has no SLACK on some device budget, when the base already meets the thresholds, or when the plan
+    was tried. ``judged``: the device thresholds as the verdict judges them (ratios for relative budgets), which
+    is what the trials' decisions hold.
+
+    Along that line a budget's value is taken as linear in the scale of the ratios (measured at both ends); each
+    budget asks for a scale, the largest wins, and the ratios are rounded up to the step (more pruning, not less).
+    """
+    measured = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and t.user_attrs.get("decisions")
+        and not t.user_attrs.get("screened")
+        and "duplicate_of" not in t.user_attrs
+    ]
+    feasible = [t for t in measured if t.user_attrs.get("feasible") and not _is_identity(t)]
+    if not feasible:
+        return None
+    best = max(feasible, key=_accuracy)
+    quant = best.params.get("quant")
+    base = next((t for t in measured if _is_identity(t) and t.params.get("quant") == quant), None)
+    if base is None or base.user_attrs.get("feasible"):
+        return None
+    scale = 0.0
+    for key, threshold in judged.items():
+        ours = (best.user_attrs["decisions"].get(key) or {}).get("value")
+        theirs = (base.user_attrs["decisions"].get(key) or {}).get("value")
+        if ours is None or theirs is None:
+            return None
+        if ours > (1 - SLACK) * threshold:
+            return None  # no slack on this budget: nothing to buy
+        if theirs <= ours:
+            continue  # pruning did not lower this one: it does not limit the scale
+        scale = max(scale, (theirs - threshold * (1 - MARGIN)) / (theirs - ours))
+    if not 0 < scale < 1:
+        return None
+    params = {
+        k: (min(v, math.ceil(round(v * scale / step, 6)) * step) if k.startswith("ratio:") else v)
+        for k, v in best.params.items()
+    }
+    params = {k: round(v, 10) if isinstance(v, float) else v for k, v in params.items()}
+    if params == best.params or any(t.params == params for t in trials):
+        return None
+    return params, best.number

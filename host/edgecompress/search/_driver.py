@@ -9,6 +9,8 @@ Each step records what it decided in the run state before the next begins, so ``
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,25 +21,32 @@ from torch import nn
 
 from edgecompress.artifact import Artifact
 from edgecompress.budgets import Budget, check_budgets_measurable, parse_budgets
-from edgecompress.compress import CompressionPlan, apply_plan, resolve_host_device
-from edgecompress.config import DeviceProfile, TuneConfig, resolve_device
-from edgecompress.device import DevicePool, open_session
+from edgecompress.compress import CompressionPlan, SearchSpace, apply_plan, resolve_host_device
+from edgecompress.config import DeviceProfile, PoolSettings, TuneConfig, resolve_pool
+from edgecompress.device import DevicePool
 from edgecompress.errors import ConfigError, EdgecompressError
 from edgecompress.report import write_tune_report_or_warn
 from edgecompress.report._files import write_text
 from edgecompress.search import _decide as decide
 from edgecompress.search._context import RunContext
-from edgecompress.search._negotiate import export_target
 from edgecompress.search._phases import CHECK_FILE, Phases, check_config
-from edgecompress.search._pipeline import RoundSetup, TrialPipeline
+from edgecompress.search._pipeline import RoundSetup, TrialPipeline, measure_on
 from edgecompress.search._progress import Logged, LogReporter, Reporter, StopFlag
 from edgecompress.search._results import write_results
-from edgecompress.search._state import RunState, load_checkpoint, new_run_dir
+from edgecompress.search._scale import (
+    OverlapPlan,
+    describe_scale,
+    host_cpus,
+    open_pool,
+    overlap_plan,
+    pinned,
+    scale_summary,
+    screen_members,
+    settle_target,
+)
+from edgecompress.search._shared import SharedRun
+from edgecompress.search._state import RunState, checkpoint_path, load_checkpoint, new_run_dir
 from edgecompress.workload import Workload, load_workload
-
-# Besides the fine-tuned base and its trial, how many more of the last round's feasible trials the final
-# confirmation may try (each costs a confirmation's windows on the device).
-FINAL_ALTERNATIVES = 2
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,8 @@ class TuneRun:
         self.config = config
         self.state = state
         self.reporter: Reporter = reporter if isinstance(reporter, (LogReporter, Logged)) else Logged(reporter)
-        self.budgets, self.profile, self.workload = checked
+        self.budgets, self.members, self.pool_settings, self.workload = checked
+        self.spec, self.profile = self.members[0]
         self.storage = config.storage or f"sqlite:///{(state.run_dir / 'study.sqlite3').resolve()}"
         self.name = state.study_name or study_name(config)
         self.stop = StopFlag(notify=reporter.message)  # the console only: the flag logs it itself
@@ -86,12 +96,11 @@ class TuneRun:
             self.reporter.message("budgets: " + ", ".join(b.text for b in self.budgets))
             config, workload = self.config, self.workload
             with self.stop:
-                session = open_session(
-                    self.profile, on_event=self.reporter.message, accept_new_host=config.accept_new_host
-                )
-                pool = DevicePool({self.profile.name: session}, max_failures=config.max_device_failures)
+                plan = overlap_plan(config.overlap, [p for _, p in self.members], host_cpus())
+                pool, hellos = open_pool(self.members, config, self.reporter.message, plan.agent_cpus)
                 try:
-                    return self._run(workload, pool, session.hello())
+                    with pinned(plan.host_cpus):
+                        return self._run(workload, pool, hellos, plan)
                 finally:
                     pool.close()
         finally:
@@ -100,24 +109,24 @@ class TuneRun:
                 logging.getLogger(name).removeHandler(handler)
             handler.close()
 
-    def _context(self, workload: Workload, hello: dict[str, Any]) -> RunContext:
-        """The run's context, after checking (before any device time) that the device can serve it."""
+    def _context(self, workload: Workload, pool: DevicePool, hellos: dict[str, dict[str, Any]]) -> RunContext:
+        """The run's context, after checking (before any device time) that the devices can serve it."""
         config = self.config
         # The runtime, its providers and the opset it loads are checked here, before any device time is spent.
-        target = export_target(self.profile, hello, config.opset, config.quant)
+        spec, profile, target = settle_target(self.members, hellos, config, pool, self.reporter.message)
+        self.spec, self.profile = spec, profile
+        hello = hellos[profile.name]
         if config.batch > 1 and target.format != "onnx":
             raise ConfigError(
                 f"batch {config.batch} needs an ONNX runtime: the {target.format} export has a fixed batch of 1"
             )
         self.reporter.message(target.describe())
-        check_budgets_measurable(self.budgets, hello, self.profile.power.source, self.profile.power.command)
+        check_budgets_measurable(self.budgets, hello, profile.power.source, profile.power.command)
         host_device = resolve_host_device(config.host_device)
         self.reporter.message(f"host compute (fine-tuning, distillation, BatchNorm) on {host_device}")
-        if self.state.device is not None:
-            self.state.device["host_device"] = host_device
         return RunContext(
             config=config,
-            profile=self.profile,
+            profile=profile,
             budgets=tuple(self.budgets),
             workload=workload,
             target=target,
@@ -125,13 +134,20 @@ class TuneRun:
             storage=self.storage,
             name=self.name,
             host_device=host_device,
+            device_spec=spec,
         )
 
-    def _run(self, workload: Workload, pool: DevicePool, hello: dict[str, Any]) -> TuneResult:
+    def _run(
+        self, workload: Workload, pool: DevicePool, hellos: dict[str, dict[str, Any]], plan: OverlapPlan
+    ) -> TuneResult:
         state = self.state
+        context = self._context(workload, pool, hellos)
         if state.device is None:
-            state.device = {"profile": self.profile.name, "hello": hello}
-        context = self._context(workload, hello)
+            state.device = {"profile": self.profile.name, "hello": hellos[self.profile.name]}
+        state.device["host_device"] = context.host_device
+        state.device["members"] = [p.name for _, p in self.members]
+        state.device["overlap"] = {"on": plan.overlap, "why": plan.reason, "host_cpus": list(plan.host_cpus)}
+        self.reporter.message(plan.describe())
         original = workload.build_model().eval()
         phases = Phases(context, pool, self.reporter, state)
         if state.original is None:
@@ -140,12 +156,26 @@ class TuneRun:
         if "quant_probe" not in state.original:
             state.original["quant_probe"] = phases.probe_formats(original)
             state.save()
-        original_bytes = (state.run_dir / f"original.{context.target.format}").read_bytes()
+        original_path = state.run_dir / f"original.{context.target.format}"
         context = context.keeping(
-            tuple(state.original["quant_probe"]["kept"]), Artifact.from_bytes(original_bytes, context.target.format)
+            tuple(state.original["quant_probe"]["kept"]),
+            Artifact.from_bytes(original_path.read_bytes(), context.target.format),
         )
+        self._screen(context, pool)
+        shared = self._share(context, original_path) if self.config.shared else None
         phases = Phases(context, pool, self.reporter, state)
-        pipeline = TrialPipeline(context, pool, self.reporter, self.stop, original, state.original["values"])
+        pipeline = TrialPipeline(
+            context,
+            pool,
+            self.reporter,
+            self.stop,
+            original,
+            state.original["values"],
+            overlap=plan.overlap,
+            worker=f"tune@{host_id()}" if shared else "",
+            shared=shared is not None,
+        )
+        original_space = context.space(original)
         try:
             for t in range(context.rounds):
                 if state.finished_round(t):
@@ -154,24 +184,103 @@ class TuneRun:
                     break
                 base_model = original if t == 0 else load_checkpoint(state.run_dir, t - 1)
                 phases.check_drift(t)
-                if not pipeline.run_round(self._round(context, t, base_model)):
+                setup = self._round(context, t, base_model, original_space)
+                if shared is not None:
+                    if t > 0:
+                        shared.upload(f"base-{t}", checkpoint_path(state.run_dir, t - 1))
+                    shared.put("round", t)
+                finished = pipeline.run_round(setup)
+                state.device["scale"] = scale_summary(pool, pipeline)
+                if not finished:
                     break
                 phases.finish_round(t, base_model, original)
         except KeyboardInterrupt:
             # The second Ctrl-C: the trial in flight stays RUNNING in the study, and --resume evaluates it again.
             self.reporter.message("stopping now; the trial in flight is evaluated again on --resume")
         interrupted = not all(state.finished_round(t) for t in range(context.rounds))
+        if shared is not None and not interrupted:
+            shared.put("searched", True)  # workers stop: the rest (the final confirmation) is this host's
         final = None if interrupted else self._final(context, phases, original)
+        if shared is not None and final is not None:
+            shared.put("status", "finished")
+        state.device["scale"] = scale_summary(pool, pipeline)
+        self.reporter.message(describe_scale(state.device["scale"]))
+        state.screening = self._screening(context, pipeline)
+        if state.screening["screened"]:
+            self.reporter.message(
+                "not measured: "
+                + ", ".join(f"{n} {kind}" for kind, n in state.screening["screened"].items())
+                + f" (device measurements saved: {state.screening['measurements_saved']})"
+            )
+        state.save()
         write_results(state, self.budgets, self.storage, self.name, context.rounds)
         write_tune_report_or_warn(state.run_dir, warn=self.reporter.message)
         met = bool(final and final.get("met"))
         return TuneResult(state.run_dir, met, final, state.original, interrupted)
 
-    def _round(self, context: RunContext, t: int, base_model: nn.Module) -> RoundSetup:
+    @staticmethod
+    def _screening(context: RunContext, pipeline: TrialPipeline) -> dict[str, Any]:
+        """The trials the latency model left unmeasured (by rule, over every round), and its error on the
+        measurements it predicted before seeing them."""
+        kinds: dict[str, int] = {}
+        for t in range(context.rounds):
+            try:
+                study = optuna.load_study(study_name=f"{context.name}/round-{t}", storage=context.optuna_storage)
+            except KeyError:
+                break
+            for trial in study.get_trials(deepcopy=False):
+                reason = trial.user_attrs.get("screened")
+                if reason and "duplicate_of" not in trial.user_attrs:
+                    kinds[reason.split(":")[0]] = kinds.get(reason.split(":")[0], 0) + 1
+        return {"screened": kinds, "measurements_saved": sum(kinds.values()), "models": pipeline.latency.to_json()}
+
+    def _screen(self, context: RunContext, pool: DevicePool) -> None:
+        """A pool's members each measure the original once; those off the others are left out (kept in the state,
+        so a resumed run leaves out the same ones)."""
+        assert self.state.original is not None
+        screened = self.state.original.get("members")
+        if screened is None and pool.size > 1:
+
+            def measure(member: str) -> dict[str, float | None]:
+                assert context.original is not None
+                return measure_on(pool, context, context.original, None, self.reporter.message, member=member).values
+
+            self.reporter.message(f"each of the pool's {pool.size} devices measures the original")
+            screened = screen_members(pool, context, self.pool_settings, measure, self.reporter.message)
+            self.state.original["members"] = screened
+            self.state.save()
+            return
+        for name, why in (screened or {}).get("left_out", {}).items():
+            if any(m.name == name for m in pool.members):
+                pool.leave_out(name, why)
+
+    def _share(self, context: RunContext, original_path: Path) -> SharedRun:
+        """Publish what a worker needs to join (edgecompress worker --storage ... --run NAME)."""
+        assert self.state.original is not None
+        artifacts = self.config.artifacts or str((self.state.run_dir / "artifacts").resolve())
+        shared = SharedRun.create(context.optuna_storage, self.name, artifacts)
+        shared.upload("original", original_path)
+        shared.put("config", self.state.config)
+        shared.put("format", context.target.format)
+        shared.put("opset", context.target.opset)
+        shared.put("rounds", context.rounds)
+        original = self.state.original
+        shared.put("original", {"values": original["values"], "thresholds": original["thresholds"]})
+        shared.put("kept", list(context.target.quant_modes))
+        self.reporter.message(
+            f"run {self.name} is shared: other hosts join with edgecompress worker --storage {self.storage} "
+            f"--run {self.name} --artifacts {artifacts} --device ..."
+        )
+        return shared
+
+    def _round(self, context: RunContext, t: int, base_model: nn.Module, original_space: SearchSpace) -> RoundSetup:
         """Round t's study, with interrupted trials re-queued and the identity plan first in a new one."""
         space = context.space(base_model)
         study = context.study(t)
-        for trial in decide.interrupted(study.get_trials(deepcopy=False)):
+        # A shared study's RUNNING trials may be other hosts' live ones: the pipeline expires those whose
+        # heartbeat stopped. Alone, every RUNNING trial was left by a killed run.
+        left = [] if self.config.shared else decide.interrupted(study.get_trials(deepcopy=False))
+        for trial in left:
             # Trials left RUNNING by a killed run failed; their parameters are evaluated again, not lost.
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", decide.INTERRUPTED)
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -181,7 +290,7 @@ class TuneRun:
             study.enqueue_trial(decide.identity_params(space, context.target.quant_modes))
         thresholds = self.state.thresholds(t)
         self.reporter.round_started(t, context.rounds, thresholds, context.config.trials_per_round)
-        return RoundSetup(t, study, space, base_model, thresholds, rounds_after=context.rounds - t - 1)
+        return RoundSetup(t, study, space, base_model, thresholds, context.rounds - t - 1, original_space)
 
     def _final(self, context: RunContext, phases: Phases, original: nn.Module) -> dict[str, Any]:
         """Confirm the last base on a fresh measurement; fall back to the last round's feasible candidates before
@@ -203,7 +312,7 @@ class TuneRun:
                 plan,
             ),
         ]
-        for other in decide.alternatives(trials, chosen.number, FINAL_ALTERNATIVES):
+        for other in decide.alternatives(trials, chosen.number, decide.FINAL_ALTERNATIVES):
             other_plan = CompressionPlan.from_json(other.user_attrs["plan"])
             model = apply_plan(base_model, other_plan, context.workload, space, device=context.host_device)
             options.append((f"trial {other.number}, not fine-tuned", model, other_plan))
@@ -214,7 +323,7 @@ class TuneRun:
         return state.final
 
 
-_Checked = tuple[list[Budget], DeviceProfile, Workload]
+_Checked = tuple[list[Budget], list[tuple[str, DeviceProfile]], PoolSettings, Workload]
 
 
 def study_name(config: TuneConfig) -> str:
@@ -227,11 +336,12 @@ def study_name(config: TuneConfig) -> str:
 
 
 def _check(config: TuneConfig) -> _Checked:
-    """The budgets, the device profile and the workload of a configuration; ConfigError on the first mistake."""
+    """The budgets, the devices (spec and profile) with the pool's settings, and the workload of a configuration;
+    ConfigError on the first mistake."""
     budgets = parse_budgets(config.budgets)
     if not budgets:
         raise ConfigError("give at least one --budget (e.g. --budget 'latency.mean<=0.5x')")
-    profile = resolve_device(config.device)
+    members, settings = resolve_pool(config.devices)
     workload = load_workload(
         example=config.example,
         model=config.model,
@@ -240,7 +350,12 @@ def _check(config: TuneConfig) -> _Checked:
         arch=config.arch,
         val_limit=config.val_limit,
     )
-    return budgets, profile, workload
+    return budgets, members, settings, workload
+
+
+def host_id() -> str:
+    """This host's process as trials name it (hostname-pid)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _attach_log(run_dir: Path) -> logging.Handler:

@@ -60,7 +60,7 @@ def check_config(context: RunContext, targets: dict[str, float]) -> str:
     lines += [
         "",
         "[check]",
-        f'device = "{config.device}"',
+        f'device = "{context.device_spec or config.devices[0]}"',
         f"runs = {request.runs}",
         f"min_seconds = {request.min_seconds!r}",
         f"batch = {config.batch}",
@@ -73,6 +73,9 @@ def check_config(context: RunContext, targets: dict[str, float]) -> str:
         lines.append(f"threads = {request.threads}")
     return "\n".join(lines) + "\n"
 
+
+# The base choice by short fine-tune (--base-choice short-finetune) weighs this many of the round's best trials.
+BASE_CANDIDATES = 3
 
 # L0 anchors every relative budget and every threshold: the median of a few measurements, so one disturbed window
 # on a busy device does not move the whole search.
@@ -210,6 +213,9 @@ class Phases:
                 f"(trial {chosen.number}) as the next base"
             )
         space = context.space(base_model)
+        base_choice = None
+        if feasible and config.base_choice == "short-finetune":
+            chosen, base_choice = self._short_finetune_choice(t, study, chosen, base_model, space, teacher)
         plan = CompressionPlan.from_json(chosen.user_attrs["plan"])
         self.reporter.message(
             f"round {t + 1}: best trial {chosen.number} (accuracy "
@@ -253,6 +259,7 @@ class Phases:
                     "observation": device.observation,
                 },
                 "base_verdict": base_verdict,
+                "base_choice": base_choice,
             }
         )
         self.reporter.message(
@@ -263,6 +270,41 @@ class Phases:
             self.reporter.message(
                 f"round {t + 1}: the fine-tuned base does not meet this round's thresholds on a fresh measurement"
             )
+
+    def _short_finetune_choice(
+        self, t: int, study: Any, chosen: Any, base_model: nn.Module, space: Any, teacher: nn.Module
+    ) -> tuple[Any, dict[str, Any]]:
+        """The round's base among its most accurate feasible trials (the choice and BASE_CANDIDATES - 1 more), each
+        fine-tuned base_probe_steps steps and scored again: the best after that short fine-tune wins (the search's
+        score ranks candidates as pruning left them; a short fine-tune ranks them closer to what the full one
+        makes of them: docs/benchmarks.md, "Accuracy proxy")."""
+        context, config = self.context, self.context.config
+        options = [chosen, *decide.alternatives(study.get_trials(deepcopy=False), chosen.number, BASE_CANDIDATES - 1)]
+        scored = []
+        for trial in options:
+            plan = CompressionPlan.from_json(trial.user_attrs["plan"])
+            pruned = apply_plan(base_model, plan, context.workload, space, device=context.host_device)
+            probe = finetune(
+                pruned,
+                teacher,
+                context.workload,
+                steps=config.base_probe_steps,
+                lr=config.finetune_lr,
+                device=context.host_device,
+            )
+            _, candidate = context.build(base_model, plan, space, model=probe)
+            scored.append((candidate.accuracy, trial))
+            self.reporter.message(
+                f"round {t + 1}: trial {trial.number} scores {candidate.accuracy:.4f} after "
+                f"{config.base_probe_steps} steps (was {trial.user_attrs['candidate']['accuracy']:.4f})"
+            )
+        best = max(scored, key=lambda pair: pair[0])[1]
+        return best, {
+            "rule": f"short-finetune ({config.base_probe_steps} steps, {len(options)} candidates)",
+            "scores": {str(trial.number): accuracy for accuracy, trial in scored},
+            "by_score": chosen.number,
+            "chosen": best.number,
+        }
 
     def _judge(self, candidate: Candidate, thresholds: dict[str, float]) -> DeviceRecord:
         """A fresh measurement of a candidate, every device budget judged with the confirmation's windows."""

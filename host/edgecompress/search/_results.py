@@ -34,6 +34,10 @@ def trial_record(round_index: int, trial: FrozenTrial) -> dict[str, Any]:
         "observation": {k: v for k, v in observation.items() if k != "measurement"} or None,
         "timings": attrs.get("timings"),
         "member": attrs.get("member"),
+        "worker": attrs.get("worker"),
+        "duplicate_of": attrs.get("duplicate_of"),
+        "screened": attrs.get("screened"),
+        "predicted": attrs.get("predicted"),
         "fail_reason": attrs.get("fail_reason"),
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
     }
@@ -61,6 +65,7 @@ def write_results(state: RunState, budgets: list[Budget], storage: str, name: st
         "rounds": state.rounds,
         "drift": state.drift,
         "final": state.final,
+        "screening": state.screening,
         "trials": trials,
     }
     save_json(state.run_dir / RESULTS_FILE, results)

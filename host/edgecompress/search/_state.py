@@ -60,6 +60,7 @@ class RunState:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     drift: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] | None = None
+    screening: dict[str, Any] | None = None  # trials the latency model left unmeasured, and its error
     # The studies' name prefix, fixed when the run starts (runs from before it was stored used tune-<example>|model).
     study_name: str | None = None
 
