@@ -5,8 +5,8 @@ overlap, 2 devices (a pool), and 2 hosts (the run and a worker on PostgreSQL, on
 One piece per (setup, seed), resumable (a piece whose result file exists is skipped); each piece starts its own
 noisy SSH devices (sshd inside a cgroup CPU quota of 30% of a core, benchmarks/_noisy_device.py: a loaded board) and,
 for the workers, a throwaway PostgreSQL server (tests/postgres.py). Every setup runs the same tune: the
-MobileNetV2-style Fashion-MNIST network at batch 32, one p50 budget relative to the original, one round of 12
-trials, no fine-tuning (the trials are what scales).
+MobileNetV2-style Fashion-MNIST network at batch 32, one p50 budget relative to the original, one round of 24
+trials (every one measured: --no-screen), no fine-tuning (the trials are what scales).
 
     python benchmarks/scale_out.py run --setup one --seed 0 --out benchmarks/results/scale-v1
     python benchmarks/scale_out.py run --setup one-overlap --seed 0 --out ...
@@ -50,12 +50,13 @@ TUNE = [
     "--rounds",
     "1",
     "--trials-per-round",
-    "12",
+    "24",
     "--finetune-steps",
     "0",
     "--val-limit",
     "1000",
     "--no-validate",
+    "--no-screen",  # every candidate measured: the loop's throughput, not the screening's savings
 ]
 
 
@@ -126,6 +127,7 @@ def run_piece(setup: str, seed: int, out: Path) -> None:
         "worker_line": worker_scale,
         "run_wall_s": time.time() - started,
         "loop": _loop(results),
+        "run_dir": str(run_dir),
     }
     out.mkdir(parents=True, exist_ok=True)
     piece.write_text(json.dumps(record, indent=2))
