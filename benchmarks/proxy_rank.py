@@ -75,7 +75,7 @@ def run_chunk(chunk: int, out: Path) -> None:
     space = search_space(original, workload.input_shape, workload.ignore)  # 10 groups: tune does not coarsen
     records = []
     for index, plan in enumerate(plans(CHUNK * (chunk + 1), space.dimensions)[CHUNK * chunk :], CHUNK * chunk):
-        record: dict = {"index": index, "ratios": plan.ratios}
+        record: dict = {"index": index, "ratios": dict(plan.ratios)}
         t0 = time.perf_counter()
         pruned = prune(copy.deepcopy(original).eval(), plan, space, workload.input_shape)
         record["prune_s"] = time.perf_counter() - t0
