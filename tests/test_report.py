@@ -403,3 +403,30 @@ def test_a_budget_never_measured_shows_no_constraint_in_the_trials_table():
         "decisions": {"latency.p50": {"paired": True}},
     }
     assert "ms" not in _constraint(paired, "latency.p50", "ms", paired["values"])  # a ratio, not milliseconds
+
+
+def test_the_devices_and_hosts_section_counts_each_hosts_trials_and_names_left_out_members():
+    from edgecompress.report._html import _scale_section
+
+    trials = [
+        {"state": "COMPLETE", "member": "pi-a", "worker": "tune@host-1"},
+        {"state": "COMPLETE", "member": "pi-a", "worker": "worker@host-2"},  # the worker's own pi-a
+        {"state": "COMPLETE", "member": "pi-a", "worker": "tune@host-1", "duplicate_of": 0},
+        {"state": "FAIL", "member": "pi-b", "worker": "tune@host-1"},
+    ]
+    scale = {
+        "members": {
+            "pi-a": {"leases": 3, "leases_lost": 1, "busy_fraction": 0.5, "busy_fraction_in_trials": 0.8},
+            "pi-b": {"leases": 1, "leases_lost": 0, "busy_fraction": 0.1, "dropped": True},
+            "pi-c": {"left_out": "its original measured latency.p50 3.0, 43% off the pool's median 2.1"},
+        },
+        "in_flight_max": 3,
+        "host_busy_fraction": 0.25,
+    }
+    results = {"trials": trials, "device": {"scale": scale, "overlap": {"on": True, "why": "remote devices"}}}
+    text = re.sub(r"<[^>]+>", " ", str(_scale_section(results)))
+    assert re.search(r"pi-a\s+in the pool\s+1\s+3\s+1\s+50\.0\s+80\.0", text), text
+    assert re.search(r"pi-b\s+dropped", text)
+    assert "pi-c" in text and "left out" in text and "43% off" in text
+    assert re.search(r"tune@host-1\s+3", text) and re.search(r"worker@host-2\s+1", text)
+    assert "on: remote devices" in text

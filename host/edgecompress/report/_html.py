@@ -547,7 +547,9 @@ def _scale_section(results: Mapping[str, Any]) -> Raw:
     measured: dict[str, int] = {}
     by_host: dict[str, int] = {}
     for tr in trials:
-        if tr.get("state") == "COMPLETE" and tr.get("member") and not tr.get("duplicate_of"):
+        # The devices table is this host's pool: a worker's devices are its own (their trials count per host).
+        own = not tr.get("worker") or str(tr["worker"]).startswith("tune@")
+        if own and tr.get("state") == "COMPLETE" and tr.get("member") and tr.get("duplicate_of") is None:
             measured[tr["member"]] = measured.get(tr["member"], 0) + 1
         if tr.get("worker"):
             by_host[tr["worker"]] = by_host.get(tr["worker"], 0) + 1
