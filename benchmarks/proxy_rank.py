@@ -7,7 +7,7 @@ it), and each proxy's cost per candidate:
 
 - prune only: the pruned weights, BatchNorm statistics as pruning left them;
 - adaptive BN (EagleEye): BatchNorm statistics re-estimated on 16 calibration batches (tune's default today);
-- adaptive BN + K distillation steps (tune --candidate-finetune-steps K), K = 25 and 100.
+- adaptive BN + K distillation steps (tune --candidate-finetune-steps K; --base-probe-steps), K = 25 and 50.
 
 One piece per chunk of candidates, resumable (a chunk whose result file exists is skipped):
 
@@ -38,8 +38,8 @@ from edgecompress.compress._prune import prune, recalibrate_batchnorm
 from edgecompress.workload import load_workload
 
 CHUNK = 8
-FULL_STEPS = 300  # the round's fine-tune (tune --finetune-steps; 200 by default, 300 here for a settled target)
-SHORT = (25, 100)
+FULL_STEPS = 200  # the round's fine-tune: tune --finetune-steps, 200 by default
+SHORT = (25, 50)
 MAX_RATIO, STEP = 0.8, 0.05
 
 
