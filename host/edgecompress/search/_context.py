@@ -100,7 +100,7 @@ class RunContext:
         """The studies' storage: a shared one (other hosts may join) with heartbeats for stale-trial expiry."""
         if not self.config.shared:
             return self.storage
-        return optuna.storages.RDBStorage(self.storage, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S)
+        return heartbeat_storage(self.storage)
 
     @cached_property
     def request(self) -> MeasureRequest:
