@@ -8,9 +8,9 @@ Each step records what it decided in the run state before the next begins, so ``
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +31,12 @@ from edgecompress.search import _decide as decide
 from edgecompress.search._context import RunContext
 from edgecompress.search._phases import CHECK_FILE, Phases, check_config
 from edgecompress.search._pipeline import RoundSetup, TrialPipeline, measure_on
-from edgecompress.search._progress import Logged, LogReporter, Reporter, StopFlag
+from edgecompress.search._progress import Logged, LogReporter, Reporter, StopFlag, run_log
 from edgecompress.search._results import write_results
 from edgecompress.search._scale import (
     OverlapPlan,
     describe_scale,
-    host_cpus,
-    open_pool,
-    overlap_plan,
-    pinned,
+    pool_for,
     scale_summary,
     screen_members,
     settle_target,
@@ -66,7 +63,6 @@ class TuneRun:
         self.state = state
         self.reporter: Reporter = reporter if isinstance(reporter, (LogReporter, Logged)) else Logged(reporter)
         self.budgets, self.members, self.pool_settings, self.workload = checked
-        self.spec, self.profile = self.members[0]
         self.storage = config.storage or f"sqlite:///{(state.run_dir / 'study.sqlite3').resolve()}"
         self.name = state.study_name or study_name(config)
         self.stop = StopFlag(notify=reporter.message)  # the console only: the flag logs it itself
@@ -89,61 +85,31 @@ class TuneRun:
         return cls(config, state, reporter, _check(config))
 
     def run(self) -> TuneResult:
-        handler = _attach_log(self.state.run_dir)
-        try:
+        with run_log(self.state.run_dir):
             self.reporter.message(f"run folder {self.state.run_dir}")
             # Flags and --config merged: say which budgets this run judges, before any device time.
             self.reporter.message("budgets: " + ", ".join(b.text for b in self.budgets))
-            config, workload = self.config, self.workload
-            with self.stop:
-                plan = overlap_plan(config.overlap, [p for _, p in self.members], host_cpus())
-                pool, hellos = open_pool(self.members, config, self.reporter.message, plan.agent_cpus)
-                try:
-                    with pinned(plan.host_cpus):
-                        return self._run(workload, pool, hellos, plan)
-                finally:
-                    pool.close()
-        finally:
-            # A later run in the same process (a notebook, a benchmark) must not write into this run's log.
-            for name in ("edgecompress", "optuna"):
-                logging.getLogger(name).removeHandler(handler)
-            handler.close()
-
-    def _context(self, workload: Workload, pool: DevicePool, hellos: dict[str, dict[str, Any]]) -> RunContext:
-        """The run's context, after checking (before any device time) that the devices can serve it."""
-        config = self.config
-        # The runtime, its providers and the opset it loads are checked here, before any device time is spent.
-        spec, profile, target = settle_target(self.members, hellos, config, pool, self.reporter.message)
-        self.spec, self.profile = spec, profile
-        hello = hellos[profile.name]
-        if config.batch > 1 and target.format != "onnx":
-            raise ConfigError(
-                f"batch {config.batch} needs an ONNX runtime: the {target.format} export has a fixed batch of 1"
-            )
-        self.reporter.message(target.describe())
-        check_budgets_measurable(self.budgets, hello, profile.power.source, profile.power.command)
-        host_device = resolve_host_device(config.host_device)
-        self.reporter.message(f"host compute (fine-tuning, distillation, BatchNorm) on {host_device}")
-        return RunContext(
-            config=config,
-            profile=profile,
-            budgets=tuple(self.budgets),
-            workload=workload,
-            target=target,
-            run_dir=self.state.run_dir,
-            storage=self.storage,
-            name=self.name,
-            host_device=host_device,
-            device_spec=spec,
-        )
+            with self.stop, pool_for(self.members, self.config, self.reporter.message) as (pool, hellos, plan):
+                context = settle_context(
+                    self.config,
+                    self.members,
+                    hellos,
+                    pool,
+                    self.budgets,
+                    self.workload,
+                    self.state.run_dir,
+                    self.storage,
+                    self.name,
+                    self.reporter.message,
+                )
+                return self._run(context, pool, hellos, plan)
 
     def _run(
-        self, workload: Workload, pool: DevicePool, hellos: dict[str, dict[str, Any]], plan: OverlapPlan
+        self, context: RunContext, pool: DevicePool, hellos: dict[str, dict[str, Any]], plan: OverlapPlan
     ) -> TuneResult:
-        state = self.state
-        context = self._context(workload, pool, hellos)
+        state, workload = self.state, context.workload
         if state.device is None:
-            state.device = {"profile": self.profile.name, "hello": hellos[self.profile.name]}
+            state.device = {"profile": context.profile.name, "hello": hellos[context.profile.name]}
         state.device["host_device"] = context.host_device
         state.device["members"] = [p.name for _, p in self.members]
         state.device["overlap"] = {"on": plan.overlap, "why": plan.reason, "host_cpus": list(plan.host_cpus)}
@@ -353,21 +319,46 @@ def _check(config: TuneConfig) -> _Checked:
     return budgets, members, settings, workload
 
 
+def settle_context(
+    config: TuneConfig,
+    members: list[tuple[str, DeviceProfile]],
+    hellos: dict[str, dict[str, Any]],
+    pool: DevicePool,
+    budgets: list[Budget],
+    workload: Workload,
+    run_dir: Path,
+    storage: str,
+    name: str,
+    on_event: Callable[[str], None],
+) -> RunContext:
+    """A run's context (the run's own host or a worker's), after checking before any device time that the devices
+    can serve it: the export their runtime loads (members needing another left out), the batch, the budgets."""
+    spec, profile, target = settle_target(members, hellos, config, pool, on_event)
+    if config.batch > 1 and target.format != "onnx":
+        raise ConfigError(
+            f"batch {config.batch} needs an ONNX runtime: the {target.format} export has a fixed batch of 1"
+        )
+    on_event(target.describe())
+    check_budgets_measurable(budgets, hellos[profile.name], profile.power.source, profile.power.command)
+    host_device = resolve_host_device(config.host_device)
+    on_event(f"host compute (fine-tuning, distillation, BatchNorm) on {host_device}")
+    return RunContext(
+        config=config,
+        profile=profile,
+        budgets=tuple(budgets),
+        workload=workload,
+        target=target,
+        run_dir=run_dir,
+        storage=storage,
+        name=name,
+        host_device=host_device,
+        device_spec=spec,
+    )
+
+
 def host_id() -> str:
     """This host's process as trials name it (hostname-pid)."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _attach_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "tune.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    for name in ("edgecompress", "optuna"):
-        logging.getLogger(name).addHandler(handler)
-    logging.getLogger("edgecompress").setLevel(logging.INFO)
-    # Optuna's own lines go to the log file; the console shows the reporter's.
-    optuna.logging.disable_default_handler()
-    optuna.logging.set_verbosity(optuna.logging.INFO)
-    return handler
 
 
 def run_tune(

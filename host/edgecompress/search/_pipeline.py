@@ -204,6 +204,7 @@ class TrialPipeline:
         overlap: bool = False,
         worker: str = "",
         shared: bool = False,
+        resume_hint: str = "",
     ):
         self.context = context
         self.pool = pool
@@ -222,10 +223,9 @@ class TrialPipeline:
         self.trials_busy_s: dict[str, float] = {}
         # The run's latency model (one per device budget), fed by every measurement, asked before each one.
         self.latency = LatencyModels([b.key for b in context.device_budgets])
-        self.screened: dict[str, int] = {}
         self._replayed = False
         # How the person watching continues after a device failure stops the run.
-        self.resume_hint = f"resume with --resume {context.run_dir}"
+        self.resume_hint = resume_hint or f"resume with --resume {context.run_dir}"
 
     @property
     def depth(self) -> int:
@@ -552,8 +552,6 @@ class TrialPipeline:
                 trial.set_constraint(key, violation)
         value = decide.objective(context.config, context.budgets, candidate.accuracy, values, self.original_values)
         trial.study.tell(trial, value)
-        kind = reason.split(":")[0]
-        self.screened[kind] = self.screened.get(kind, 0) + 1
         record.update(accuracy=candidate.accuracy, values=values, feasible=False, state="COMPLETE", screened=reason)
         return record
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
+
+import optuna
 
 log = logging.getLogger("edgecompress.tune")
 
@@ -91,3 +95,23 @@ class StopFlag:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+@contextmanager
+def run_log(folder: Path) -> Iterator[None]:
+    """The run's own log (folder/tune.log) for edgecompress's and Optuna's lines during the block; the console shows
+    the reporter's. Detached afterwards: a later run in the same process (a notebook, a benchmark) must not write
+    into this run's log."""
+    handler = logging.FileHandler(folder / "tune.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    for name in ("edgecompress", "optuna"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("edgecompress").setLevel(logging.INFO)
+    optuna.logging.disable_default_handler()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        yield
+    finally:
+        for name in ("edgecompress", "optuna"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()

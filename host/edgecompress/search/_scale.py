@@ -122,6 +122,21 @@ def open_pool(
     return pool, hellos
 
 
+@contextmanager
+def pool_for(
+    members: list[tuple[str, DeviceProfile]], config: TuneConfig, on_event: Callable[[str], None]
+) -> Iterator[tuple[DevicePool, dict[str, dict[str, Any]], OverlapPlan]]:
+    """The run's devices for the block: the overlap decision, the pool with the members' hellos, the host pinned to
+    its cores (when the plan pins it); the pool closed afterwards."""
+    plan = overlap_plan(config.overlap, [p for _, p in members], host_cpus())
+    pool, hellos = open_pool(members, config, on_event, plan.agent_cpus)
+    try:
+        with pinned(plan.host_cpus):
+            yield pool, hellos, plan
+    finally:
+        pool.close()
+
+
 def outliers(values: dict[str, dict[str, float | None]], keys: list[str], tolerance: float) -> dict[str, str]:
     """Members whose original's figure on a device budget is off the members' median by more than ``tolerance``
     (a fraction), with why."""

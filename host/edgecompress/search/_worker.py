@@ -12,7 +12,6 @@ queued again by the other hosts.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +20,13 @@ from typing import Any
 import torch
 
 from edgecompress.artifact import Artifact
-from edgecompress.budgets import check_budgets_measurable
-from edgecompress.compress import resolve_host_device
 from edgecompress.config import TuneConfig
 from edgecompress.errors import ConfigError
 from edgecompress.search._context import RunContext, heartbeat_storage
-from edgecompress.search._driver import _attach_log, _check, host_id
+from edgecompress.search._driver import _check, host_id, settle_context
 from edgecompress.search._pipeline import RoundSetup, TrialPipeline
-from edgecompress.search._progress import Logged, Reporter, StopFlag
-from edgecompress.search._scale import (
-    describe_scale,
-    host_cpus,
-    open_pool,
-    overlap_plan,
-    pinned,
-    scale_summary,
-    settle_target,
-)
+from edgecompress.search._progress import Logged, Reporter, StopFlag, run_log
+from edgecompress.search._scale import describe_scale, pool_for, scale_summary
 from edgecompress.search._shared import SharedRun
 
 
@@ -82,45 +71,19 @@ def run_worker(
     budgets, members, _, workload = _check(config)
     folder = out or Path("runs") / f"{name.replace('/', '-')}-{worker.replace('@', '-')}"
     folder.mkdir(parents=True, exist_ok=True)
-    handler = _attach_log(folder)
     stop = StopFlag(notify=reporter.message)
-    try:
-        with stop:
-            plan = overlap_plan(config.overlap, [p for _, p in members], host_cpus())
-            pool, hellos = open_pool(members, config, reporter.message, plan.agent_cpus)
-            try:
-                spec, profile, target = settle_target(members, hellos, config, pool, reporter.message)
-                if target.format != record.get("format"):
-                    raise ConfigError(f"run {name} exports {record.get('format')}; these devices need {target.format}")
-                check_budgets_measurable(budgets, hellos[profile.name], profile.power.source, profile.power.command)
-                context = RunContext(
-                    config=config,
-                    profile=profile,
-                    budgets=tuple(budgets),
-                    workload=workload,
-                    target=target,
-                    run_dir=folder,
-                    storage=storage,
-                    name=name,
-                    host_device=resolve_host_device(config.host_device),
-                    device_spec=spec,
-                )
-                original = shared.download("original", folder)
-                context = context.keeping(
-                    tuple(record["kept"]), Artifact.from_bytes(original.read_bytes(), target.format)
-                )
-                reporter.message(
-                    f"{worker} joins run {name}: {target.describe()}; host compute on {context.host_device}; "
-                    f"{plan.describe()}"
-                )
-                with pinned(plan.host_cpus):
-                    return _work(context, shared, pool, reporter, stop, plan.overlap, worker)
-            finally:
-                pool.close()
-    finally:
-        for logger in ("edgecompress", "optuna"):
-            logging.getLogger(logger).removeHandler(handler)
-        handler.close()
+    with run_log(folder), stop, pool_for(members, config, reporter.message) as (pool, hellos, plan):
+        context = settle_context(
+            config, members, hellos, pool, budgets, workload, folder, storage, name, reporter.message
+        )
+        if context.target.format != record.get("format"):
+            raise ConfigError(f"run {name} exports {record.get('format')}; these devices need {context.target.format}")
+        original = shared.download("original", folder)
+        context = context.keeping(
+            tuple(record["kept"]), Artifact.from_bytes(original.read_bytes(), context.target.format)
+        )
+        reporter.message(f"{worker} joins run {name}; {plan.describe()}")
+        return _work(context, shared, pool, reporter, stop, plan.overlap, worker)
 
 
 def _work(
@@ -136,9 +99,17 @@ def _work(
     teacher = context.workload.build_model().eval()
     original = record["original"]
     pipeline = TrialPipeline(
-        context, pool, reporter, stop, teacher, original["values"], overlap=overlap, worker=worker, shared=True
+        context,
+        pool,
+        reporter,
+        stop,
+        teacher,
+        original["values"],
+        overlap=overlap,
+        worker=worker,
+        shared=True,
+        resume_hint="start the worker again (the run's other hosts go on)",
     )
-    pipeline.resume_hint = "start the worker again (the run's other hosts go on)"
     rounds: list[int] = []
     t, interrupted = 0, False
     original_space = context.space(teacher)
