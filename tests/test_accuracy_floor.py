@@ -147,6 +147,8 @@ def test_a_run_whose_model_collapses_under_a_floor_ends_not_met(tmp_path):
         "20",
         "--min-seconds",
         "0",
+        "--warmup-seconds",
+        "0.05",
         "--no-validate",
         "--out",
         str(out),

@@ -85,6 +85,8 @@ def run_dir(tmp_path_factory, env) -> Path:
             "40",
             "--min-seconds",
             "0.05",
+            "--warmup-seconds",
+            "0.05",
             "--finetune-steps",
             "5",
             "--val-limit",

@@ -23,7 +23,18 @@ from edgecompress.search._negotiate import choose_opset, export_target
 from edgecompress.workload import load_workload
 
 OLD_ORT_ENV = "EDGECOMPRESS_OLD_ORT_PYTHON"
-QUICK = ["--runs", "20", "--min-seconds", "0.05", "--finetune-steps", "5", "--val-limit", "200"]
+QUICK = [
+    "--runs",
+    "20",
+    "--min-seconds",
+    "0.05",
+    "--finetune-steps",
+    "5",
+    "--val-limit",
+    "200",
+    "--warmup-seconds",
+    "0.05",
+]
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ QUICK = [
     "--no-quant-probe",
     "--no-screen",
 ]
-QUICK += ["--drift-wait", "0"]
+QUICK += ["--drift-wait", "0", "--warmup-seconds", "0.05"]
 TUNE = ["--example", "digits", "--budget", "latency.p50<=3x", "--rounds", "1", "--trials-per-round", "4"]
 
 # -- decisions ------------------------------------------------------------------------------------------------------

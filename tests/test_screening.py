@@ -50,6 +50,7 @@ def test_a_run_measures_only_candidates_that_can_beat_the_rounds_best(tmp_path: 
     # round can beat it (in the last round the rule keeps the final answer's fallbacks measurable: 3 feasible first).
     args = ["--example", "digits", "--budget", "latency.p50<=3x", "--rounds", "2", "--trials-per-round", "3"]
     quick = ["--runs", "20", "--min-seconds", "0", "--finetune-steps", "0", "--val-limit", "200", "--no-quant-probe"]
+    quick += ["--warmup-seconds", "0.05"]
     quick += ["--drift-wait", "0"]
     result = subprocess.run(
         [sys.executable, "-m", "edgecompress", "tune", *args, *quick, "--no-validate", "--out", str(out)],

@@ -283,3 +283,15 @@ def test_a_resumed_round_does_not_replay_its_samplers_stream():
     complete = resumed.get_trials(states=(TrialState.COMPLETE,))
     assert decide.duplicate_of(complete[1].params, complete) is complete[1]
     assert decide.duplicate_of({"ratio:g0": 0.123}, complete) is None
+
+
+def test_tune_measures_with_the_profiles_warm_up_unless_told_otherwise():
+    from edgecompress.config import resolve_device
+    from edgecompress.search import tune_measure_request
+
+    profile = resolve_device("local")
+    default = tune_measure_request(profile, config(), (1, 1, 8, 8))
+    assert default.warmup_seconds == profile.measure.warmup_seconds == 0.5
+    told = tune_measure_request(profile, config(warmup_seconds=0.05, runs=30, min_seconds=0.0), (1, 1, 8, 8))
+    assert (told.warmup_seconds, told.runs, told.min_seconds) == (0.05, 30, 0.0)
+    assert told.warmup_runs == profile.measure.warmup_runs  # the run count stays the profile's

@@ -22,6 +22,8 @@ from edgecompress.search import run_tune
 
 # --drift-wait 0: a loaded test machine drifts often, and the 30 s settle is not what these tests are about.
 QUICK = ["--runs", "30", "--min-seconds", "0.05", "--finetune-steps", "15", "--val-limit", "300", "--drift-wait", "0"]
+# Half a second of warm-up before every window is the profile's default for real boards; a 30 us model needs less.
+QUICK += ["--warmup-seconds", "0.05"]
 
 
 def tune_cli(*args: str, out: Path, env: dict[str, str]) -> subprocess.Popen[str]:

@@ -10,7 +10,18 @@ import pytest
 from clirun import edgecompress
 from hw_fixtures import ORIN_NANO_W, orin_nano_jp6
 
-QUICK = ["--runs", "30", "--min-seconds", "0.05", "--finetune-steps", "10", "--val-limit", "200"]
+QUICK = [
+    "--runs",
+    "30",
+    "--min-seconds",
+    "0.05",
+    "--finetune-steps",
+    "10",
+    "--val-limit",
+    "200",
+    "--warmup-seconds",
+    "0.05",
+]
 
 
 @pytest.fixture()

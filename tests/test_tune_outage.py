@@ -19,6 +19,7 @@ from sshd import SshServer, outage, restart, serve_for_tests, trusted_device
 
 QUICK = ["--runs", "20", "--min-seconds", "0", "--finetune-steps", "5", "--val-limit", "200", "--no-quant-probe"]
 QUICK += ["--no-screen"]  # every trial measured: the test counts them
+QUICK += ["--warmup-seconds", "0.05"]
 
 
 @pytest.fixture()

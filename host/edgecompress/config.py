@@ -309,6 +309,7 @@ class TuneConfig(_Strict):
     opset: int | None = Field(default=None, ge=13, le=21)
     runs: int | None = Field(default=None, ge=1)
     min_seconds: float | None = Field(default=None, ge=0)
+    warmup_seconds: float | None = Field(default=None, ge=0)
     # Inputs per call on the device (ONNX models have a dynamic batch axis); latency and energy are per call.
     batch: int = Field(default=1, ge=1, le=4096)
     drift_tolerance: float = Field(default=0.10, gt=0)

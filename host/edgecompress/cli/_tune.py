@@ -118,6 +118,9 @@ def tune(
     val_limit: int | None = typer.Option(None, min=1, help="Validation samples for the accuracy objective."),
     runs: int | None = typer.Option(None, min=1, help="Timed inferences per measurement (default: the profile's)."),
     min_seconds: float | None = typer.Option(None, min=0, help="Minimum timed window per measurement."),
+    warmup_seconds: float | None = typer.Option(
+        None, min=0, help="Untimed inferences for at least this long before each window (default: the profile's)."
+    ),
     quant_probe: bool | None = typer.Option(
         None,
         "--quant-probe/--no-quant-probe",
@@ -244,6 +247,7 @@ def tune(
             "val_limit": val_limit,
             "runs": runs,
             "min_seconds": min_seconds,
+            "warmup_seconds": warmup_seconds,
             "batch": batch,
             "quant_probe": quant_probe,
             "opset": opset,

@@ -42,9 +42,16 @@ COARSEN_ABOVE_GROUPS = 12
 
 
 def tune_measure_request(profile: DeviceProfile, config: TuneConfig, input_shape: tuple[int, ...]) -> MeasureRequest:
-    """How a tune run measures every model: the profile's defaults, its runs and window, ``batch`` inputs a call."""
+    """How a tune run measures every model: the profile's defaults, its runs, window and warm-up, ``batch`` inputs a
+    call."""
     shapes = {INPUT_NAME: (config.batch, *input_shape[1:])} if config.batch > 1 else None
-    return measure_request(profile, runs=config.runs, min_seconds=config.min_seconds, input_shapes=shapes)
+    return measure_request(
+        profile,
+        runs=config.runs,
+        min_seconds=config.min_seconds,
+        warmup_seconds=config.warmup_seconds,
+        input_shapes=shapes,
+    )
 
 
 @dataclass(frozen=True)
