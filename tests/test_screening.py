@@ -77,3 +77,41 @@ def test_a_run_measures_only_candidates_that_can_beat_the_rounds_best(tmp_path: 
     assert model["n"] == len([t for t in measured if t["decisions"]])  # it learnt every measurement
     assert "not measured:" in result.stdout
     assert results["final"]["met"] is True
+
+
+def test_plans_that_build_the_same_bytes_are_measured_once(tmp_path: Path, monkeypatch) -> None:
+    from edgecompress.config import TuneConfig
+    from edgecompress.search import run_tune
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    # Channels kept in multiples of 64 on a network of at most 64 channels: every sampled plan keeps every channel, so
+    # the sampler's differing ratios are one model, measured once (else one model gets several verdicts).
+    config = TuneConfig(
+        example="digits",
+        budgets=["latency.p50<=3x"],
+        rounds=1,
+        trials_per_round=4,
+        quant=["fp32"],
+        round_to=64,
+        screen=False,
+        finetune_steps=0,
+        val_limit=200,
+        runs=20,
+        min_seconds=0.0,
+        warmup_seconds=0.05,
+        validate_final=False,
+    )
+    run_tune(config, tmp_path / "run")
+    trials = json.loads((tmp_path / "run" / "results.json").read_text())["trials"]
+    assert len(trials) == 4 and all(t["state"] == "COMPLETE" for t in trials)
+    # The identity plan exports the original as it is; every sampled plan builds one and the same pruned graph.
+    identity, *sampled = trials
+    assert len({t["candidate"]["sha256"] for t in sampled}) == 1
+    assert len({json.dumps(t["plan"], sort_keys=True) for t in sampled}) > 1, "the plans should differ"
+    first, *again = sampled
+    assert identity["duplicate_of"] is None and first["duplicate_of"] is None and first["decisions"]
+    for trial in again:
+        assert trial["duplicate_of"] == first["number"]
+        assert trial["values"] == first["values"] and trial["feasible"] == first["feasible"]
+    log = (tmp_path / "run" / "tune.log").read_text()
+    assert f"builds the same model as trial {first['number']}" in log

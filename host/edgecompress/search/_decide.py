@@ -45,6 +45,21 @@ def duplicate_of(params: Mapping[str, Any], trials: Sequence[FrozenTrial]) -> Fr
     return next((tr for tr in trials if tr.state == TrialState.COMPLETE and tr.params == dict(params)), None)
 
 
+def same_model(sha256: str, trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """A complete trial whose plan built these very bytes (plans whose ratios round to the same channel counts do):
+    the model was evaluated already, and a second measurement of it would only add a second opinion on one model."""
+    return next(
+        (
+            tr
+            for tr in trials
+            if tr.state == TrialState.COMPLETE
+            and "duplicate_of" not in tr.user_attrs
+            and (tr.user_attrs.get("candidate") or {}).get("sha256") == sha256
+        ),
+        None,
+    )
+
+
 def round_count(config: TuneConfig) -> int:
     """How many rounds a run has: one for one-step cooling and for the single-round baselines."""
     if config.schedule == "one-step" or config.strategy in ("unconstrained", "uniform"):

@@ -427,8 +427,11 @@ class TrialPipeline:
             record["plan"] = plan.to_json()
             earlier = decide.duplicate_of(trial.params, trial.study.get_trials(deepcopy=False))
             if earlier is not None:
-                return self._reuse(trial, earlier, record)
+                return self._reuse(trial, earlier, record, f"proposes the plan of trial {earlier.number} again")
             candidate = host.submit(self._build, setup, plan).result()
+            same = decide.same_model(candidate.artifact.sha256, trial.study.get_trials(deepcopy=False))
+            if same is not None:
+                return self._reuse(trial, same, record, f"builds the same model as trial {same.number}")
             trial.set_user_attr("candidate", candidate.to_json())
             values: dict[str, float | None] = dict(candidate.host_values(list(context.budgets), self.original_values))
             x = self._features(setup, candidate)
@@ -575,9 +578,10 @@ class TrialPipeline:
         trial.set_user_attr("timings", {**timings, "transfer_s": device.transfer_s, "measure_s": device.measure_s})
         return device.decisions
 
-    def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial, record: dict[str, Any]) -> dict[str, Any]:
-        """A plan evaluated already (a sampler that proposes it again, often after a resume) is not built or
-        measured again: the earlier trial's result is told for it, and the trial says whose it is."""
+    def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial, record: dict[str, Any], why: str) -> dict[str, Any]:
+        """A plan evaluated already (a sampler that proposes it again, often after a resume), or one that builds the
+        bytes of an earlier trial, is not measured again: the earlier trial's result is told for it, and the trial
+        says whose it is (one model, one verdict in a round)."""
         for key in ("candidate", "values", "decisions", "feasible", "violations", "timings", "member", "screened"):
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
@@ -585,9 +589,7 @@ class TrialPipeline:
         for key, value in (earlier.constraints or {}).items():
             trial.set_constraint(key, value)
         trial.study.tell(trial, earlier.value)
-        self.reporter.message(
-            f"trial {trial.number} proposes the plan of trial {earlier.number} again; its result is reused"
-        )
+        self.reporter.message(f"trial {trial.number} {why}; its result is reused")
         values = earlier.user_attrs.get("values") or {}
         record.update(
             accuracy=earlier.user_attrs.get("candidate", {}).get("accuracy"),
