@@ -43,6 +43,13 @@ def device_measurements(results: dict) -> int:
     return trials + len(results["rounds"]) + probes
 
 
+def paired_ratio(final: dict, metric: str) -> float | None:
+    """The final model's value over the original's on the per-pair ratio of the confirmation (the two measured in
+    alternating windows in the same minutes): what every method is judged on, whatever the machine's load was."""
+    decision = ((final.get("verdict") or {}).get("decisions") or {}).get(metric) or {}
+    return decision.get("value") if final.get("met") and decision.get("paired") else None
+
+
 def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> dict:
     rounds = args.rounds if method in ("exponential", "exponential+kd", "linear") else 1
     per_round = max(1, args.measurements // rounds - (1 if rounds > 1 else 0))
@@ -83,6 +90,8 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> 
         "measurements": device_measurements(results),
         "base_value": results["base"]["values"].get(args.metric),
         "value": (final.get("values") or {}).get(args.metric) if final.get("met") else None,
+        "metric": args.metric,
+        "ratio": paired_ratio(final, args.metric),
         "wall_s": wall_s,
         "run_dir": str(result.run_dir),
     }
@@ -90,9 +99,9 @@ def run_one(method: str, budget: float, seed: int, args: argparse.Namespace) -> 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| budget | method | best feasible accuracy (mean ± sd over met seeds) | met | device measurements | "
-        "wall time per run |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| budget | method | best feasible accuracy (mean ± sd over met seeds) | met | paired ratio of the final "
+        "(range) | device measurements | wall time per run |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for budget in sorted({r["budget"] for r in rows}, reverse=True):
         for method in METHODS:
@@ -109,11 +118,60 @@ def table(rows: list[dict]) -> str:
                     else f"{accs[0]:.2f}"
                 )
             )
+            ratios = [r["ratio"] for r in group if r.get("ratio") is not None]
+            shown = f"{min(ratios):.3f}-{max(ratios):.3f}x" if ratios else "—"
             lines.append(
-                f"| {budget}x | {method} | {acc} | {len(accs)}/{len(group)} | "
+                f"| {budget}x | {method} | {acc} | {len(accs)}/{len(group)} | {shown} | "
                 f"{statistics.fmean(r['measurements'] for r in group):.0f} | "
                 f"{statistics.fmean(r['wall_s'] for r in group) / 60:.1f} min |"
             )
+    return "\n".join(lines)
+
+
+def compact(value: object) -> object:
+    """A run's results without the raw observations (every latency of every window): what the tables need."""
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items() if k != "observation"}
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    return value
+
+
+def keep(rows: list[dict], folder: Path) -> None:
+    """The raw results to commit: rows.jsonl, and per run its results without raw observations and its tune.log."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for row in rows:
+        run = Path(row["run_dir"])
+        target = folder / run.name
+        if target.is_dir() or not run.is_dir():
+            continue
+        target.mkdir()
+        results = json.loads((run / "results.json").read_text())
+        (target / "results.json").write_text(json.dumps(compact(results)) + "\n")
+        (target / "tune.log").write_text((run / "tune.log").read_text())
+
+
+def differences(rows: list[dict], method: str, against: str) -> str:
+    """Per budget, the method's best feasible accuracy minus the other's on the same seed, where both met it (points,
+    mean and range), and on how many seeds; a seed that only one of them met is counted aside."""
+    lines = [
+        f"| budget | {method} minus {against} (points, same seed, both met) | seeds | only {method} met | "
+        f"only {against} met |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for budget in sorted({r["budget"] for r in rows}, reverse=True):
+        by_seed = {
+            (r["method"], r["seed"]): r for r in rows if r["budget"] == budget and r["method"] in (method, against)
+        }
+        seeds = sorted({seed for _, seed in by_seed})
+        pairs = [(by_seed.get((method, s)), by_seed.get((against, s))) for s in seeds]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        both = [100 * (a["accuracy"] - b["accuracy"]) for a, b in pairs if a["met"] and b["met"]]
+        only_a = sum(1 for a, b in pairs if a["met"] and not b["met"])
+        only_b = sum(1 for a, b in pairs if b["met"] and not a["met"])
+        shown = f"{statistics.fmean(both):+.2f} ({min(both):+.2f} to {max(both):+.2f})" if both else "—"
+        lines.append(f"| {budget}x | {shown} | {len(both)}/{len(pairs)} | {only_a} | {only_b} |")
     return "\n".join(lines)
 
 
@@ -174,13 +232,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="inputs per call on the device")
     parser.add_argument("--quant-probe", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", type=Path, default=Path("bench-runs/search-quality"))
+    parser.add_argument(
+        "--aggregate", action="store_true", help="run nothing: the table and plot of the runs rows.jsonl holds"
+    )
+    parser.add_argument("--keep", type=Path, help="also write rows and compact per-run results here (to commit)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path = args.out / "rows.jsonl"
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
     done = {(r["method"], r["budget"], r["seed"]) for r in rows}
     started = time.perf_counter()
-    for budget in args.budgets:
+    for budget in [] if args.aggregate else args.budgets:
         for seed in args.seeds:
             for method in args.methods:
                 if (method, budget, seed) in done:
@@ -190,7 +252,18 @@ def main() -> None:
                 with rows_path.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
+    for row in rows:  # rows written before the paired ratio was recorded: read it from the run's results
+        if "ratio" not in row and row["met"]:
+            results = json.loads((Path(row["run_dir"]) / "results.json").read_text())
+            row["ratio"] = paired_ratio(results.get("final") or {}, row.get("metric", args.metric))
+    if args.keep is not None:
+        keep(rows, args.keep)
     print(table(rows))
+    methods = {r["method"] for r in rows}
+    for against in ("uniform", "one-step"):
+        if {"exponential", against} <= methods:
+            print()
+            print(differences(rows, "exponential", against))
     print(f"\ntotal wall time {(time.perf_counter() - started) / 60:.1f} min")
     plot(rows, args.out / "accuracy_vs_budget.png")
 
