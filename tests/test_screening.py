@@ -113,5 +113,6 @@ def test_plans_that_build_the_same_bytes_are_measured_once(tmp_path: Path, monke
     for trial in again:
         assert trial["duplicate_of"] == first["number"]
         assert trial["values"] == first["values"] and trial["feasible"] == first["feasible"]
+        assert trial["latency"] == first["latency"] and trial["latency"]["count"] >= 20  # the same model's
     log = (tmp_path / "run" / "tune.log").read_text()
     assert f"builds the same model as trial {first['number']}" in log

@@ -51,7 +51,13 @@ def write_results(state: RunState, budgets: list[Budget], storage: str, name: st
             study = optuna.load_study(study_name=f"{name}/round-{t}", storage=storage)
         except KeyError:
             break
-        trials += [trial_record(t, tr) for tr in study.get_trials(deepcopy=False)]
+        records = [trial_record(t, tr) for tr in study.get_trials(deepcopy=False)]
+        by_number = {r["number"]: r for r in records}
+        for record in records:
+            source = by_number.get(record["duplicate_of"]) if record["duplicate_of"] is not None else None
+            if source is not None and record["latency"] is None:
+                record["latency"] = source["latency"]  # the same model's: its raw observation stays with the source
+        trials += records
     results = {
         "edgecompress": __version__,
         "started_unix": state.created_unix,
