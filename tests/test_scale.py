@@ -296,7 +296,9 @@ def test_two_workers_join_a_run_on_postgresql_and_a_worker_killed_mid_trial_cost
     env = dict(os.environ, COLUMNS="200")
     tune = subprocess.Popen(
         [sys.executable, "-m", "edgecompress", "tune", *TUNE[:4], "--rounds", "2", "--trials-per-round", "5"]
-        + [*QUICK, "--storage", url, "--out", str(tmp_path / "run")],
+        # The profile's warm-up (0.5 s a window): round 1 must outlast the workers' start-up (imports, the run's
+        # record, the original) for one to be killed in it; with QUICK's the run's host can finish it alone.
+        + [*QUICK, "--warmup-seconds", "0.5", "--storage", url, "--out", str(tmp_path / "run")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
