@@ -182,6 +182,36 @@ def test_a_budget_no_candidate_meets_exits_1_and_says_so(tmp_path, env):
     assert not (out / "model.onnx").exists()
 
 
+def test_a_structure_the_device_did_not_confirm_is_not_measured_again_with_other_weights(tmp_path, env):
+    # 0.3x is out of the digits network's reach: the fine-tuned base is not confirmed, and the trial it was
+    # fine-tuned from has the same layers (the same latency): measuring it again would only give noise a second
+    # chance to say "met" (a one-step run on a loaded machine delivered the 65% twin of an 88% model that way).
+    out = tmp_path / "run"
+    result = edgecompress(
+        "tune",
+        "--example",
+        "digits",
+        "--budget",
+        "latency.p50<=0.3x",
+        "--rounds",
+        "1",
+        "--trials-per-round",
+        "2",
+        "--no-screen",
+        *QUICK,
+        "--out",
+        str(out),
+        env=env,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    final = json.loads((out / "results.json").read_text())["final"]
+    first, twin, *_ = final["rejected"]
+    assert first["which"] == "fine-tuned" and first["outcome"] in ("not met", "inconclusive")
+    assert twin["which"] == "best trial, not fine-tuned" and twin["same_structure_as"] == "fine-tuned"
+    assert twin["outcome"] == first["outcome"] and "not measured again" in twin["summary"]
+    assert "has the structure of the fine-tuned candidate" in result.stdout
+
+
 def test_kill_9_in_round_two_then_resume_finishes_every_trial_once(tmp_path, env):
     out = tmp_path / "run"
     args = [

@@ -82,6 +82,13 @@ BASE_CANDIDATES = 3
 ORIGINAL_MEASUREMENTS = 3
 
 
+def structure(model: nn.Module, plan: CompressionPlan) -> tuple[Any, ...]:
+    """What a model's latency and energy depend on: its layers' shapes and its format, not its weights (a fine-tuned
+    model and the trial it was fine-tuned from share it)."""
+    shapes = tuple((name, tuple(tensor.shape)) for name, tensor in model.state_dict().items())
+    return (shapes, plan.quant, tuple(plan.float_fallback))
+
+
 class Phases:
     """The run's phases on one context, device pool, reporter and state."""
 
@@ -351,8 +358,31 @@ class Phases:
         base_acc = state.original["candidate"]["accuracy"]
         floor = accuracy_floor(context.budgets) is not None
         rejected: list[dict[str, Any]] = []
+        # Structures the device did not confirm, and which option it was: a model's latency is its structure's, so
+        # the same structure with other weights (the fine-tuned base's trial before fine-tuning) is not measured
+        # again; a second try of one structure is a second roll of the dice, not a second model.
+        unconfirmed: dict[tuple[Any, ...], dict[str, Any]] = {}
         for label, model, plan in options:
-            _, candidate = context.build(model, plan, space, model=model)
+            built, candidate = context.build(model, plan, space, model=model)
+            shape = structure(built, plan)
+            if shape in unconfirmed:
+                twin = unconfirmed[shape]
+                rejected.append(
+                    {
+                        "which": label,
+                        "accuracy": candidate.accuracy,
+                        "sha256": candidate.artifact.sha256,
+                        "outcome": twin["outcome"],
+                        "summary": f"the structure of the {twin['which']} candidate, which the device did not confirm "
+                        f"({twin['summary']}); not measured again",
+                        "same_structure_as": twin["which"],
+                    }
+                )
+                self.reporter.message(
+                    f"{label} candidate (accuracy {candidate.accuracy:.4f}) has the structure of the {twin['which']} "
+                    "candidate, which the device did not confirm: not measured again"
+                )
+                continue
             device = self._judge(candidate, targets)
             judged = self._verdict(candidate, targets, device)
             identical = context.original is not None and candidate.artifact.sha256 == context.original.sha256
@@ -414,6 +444,8 @@ class Phases:
                     "summary": judged["summary"],
                 }
             )
+            if not all(d.met for d in device.decisions.values()):
+                unconfirmed[shape] = rejected[-1]
             self.reporter.message(
                 f"{label} candidate (accuracy {candidate.accuracy:.4f}) is not confirmed on a fresh measurement "
                 f"({judged['outcome']}): {judged['summary']}"
