@@ -131,9 +131,11 @@ class Phases:
         }
 
     def probe_formats(self, original: nn.Module) -> dict[str, Any]:
-        """Measure the original once in each reduced-precision format the search would sample. A format slower than
-        fp32 by more than QUANT_PROBE_MARGIN on every device budget is left out, unless a host budget (size) rewards
-        it: trials spent on it are wasted, and a few trials per round are too few for a sampler to learn that."""
+        """Measure the original once in each reduced-precision format the search would sample, in windows
+        alternating with the fp32 original (the ratio of the same minutes: a load that comes or goes between two
+        measurements must not decide). A format shown slower than fp32 by more than QUANT_PROBE_MARGIN on every
+        device budget (the ratio's lower bound above it) is left out, unless a host budget (size) rewards it: trials
+        spent on it are wasted, and a few trials per round are too few for a sampler to learn that."""
         context, config = self.context, self.context.config
         modes = list(context.target.quant_modes)
         probe: dict[str, Any] = {"kept": modes, "measured": {}, "dropped": []}
@@ -144,8 +146,11 @@ class Phases:
         if any(b.spec.on_host and b.spec.requires != "accuracy" for b in context.budgets):
             probe["skipped"] = "a host-checked budget (size) rewards the smaller formats"
             return probe
-        assert self.state.original is not None
-        fp32 = self.state.original["values"]
+        fp32 = Artifact.from_bytes(
+            (context.run_dir / f"original.{context.target.format}").read_bytes(), context.target.format
+        )
+        paired = context.keeping(tuple(modes), fp32)
+        limits = {k: 1 + decide.QUANT_PROBE_MARGIN for k in device_keys}
         space = context.space(original)
         for mode in modes:
             if mode == "fp32":
@@ -153,16 +158,24 @@ class Phases:
             try:
                 plan = CompressionPlan(quant=cast(Quant, mode))
                 _, candidate = context.build(original, plan, space, model=original)
-                values = measure_on(self.pool, context, candidate.artifact, None, self.reporter.message).values
+                record = measure_on(
+                    self.pool, paired, candidate.artifact, limits, self.reporter.message, paired=frozenset(device_keys)
+                )
             except DeviceError:
                 raise
             except (EdgecompressError, RuntimeError, ValueError) as exc:
                 probe["measured"][mode] = {"error": f"{type(exc).__name__}: {exc}"}
                 continue
-            ratios = verdict.ratios(values, fp32, device_keys)
-            probe["measured"][mode] = {"values": {k: values.get(k) for k in device_keys}, "ratios": ratios}
+            ratios = {k: d.value for k, d in record.decisions.items()}
+            lower = {k: d.lower for k, d in record.decisions.items()}
+            probe["measured"][mode] = {
+                "values": {k: record.values.get(k) for k in device_keys},
+                "ratios": ratios,
+                "lower": lower,
+                "paired": True,
+            }
             shown = ", ".join(f"{k} {r:.2f}x of fp32" for k, r in ratios.items() if r is not None)
-            if decide.formats_to_drop({mode: ratios}):
+            if decide.formats_to_drop({mode: lower}):
                 probe["dropped"].append(mode)
                 self.reporter.message(
                     f"{mode}: the original measured {shown} on this device; {mode} is left out of the search "

@@ -120,9 +120,11 @@ def measure_on(
     on_event: Callable[[str], None] = log.info,
     windows: WindowPlan | None = None,
     member: str | None = None,
+    paired: frozenset[str] | None = None,
 ) -> DeviceRecord:
     """Measure an artifact on a leased pool member (``member``: that one); with ``thresholds``, budgets the verdict
-    cannot decide yet get more windows before they are judged.
+    cannot decide yet get more windows before they are judged, those in ``paired`` (default: the relative budgets)
+    on the ratio to the original measured in alternate windows.
 
     A device that stops answering is not the candidate's fault: the measurement runs again on another member, or on
     the same one when it is back (the pool waits ``--device-wait`` for one). A failure while the device still
@@ -141,7 +143,9 @@ def measure_on(
                     list(context.budgets),
                     thresholds,
                     windows=windows or context.windows,
-                    reference=(context.original, context.relative_keys) if thresholds and context.original else None,
+                    reference=(context.original, context.relative_keys if paired is None else paired)
+                    if thresholds and context.original
+                    else None,
                 )
             break
         except MemberAway as exc:
