@@ -11,7 +11,9 @@ round of the others. For each method,
 budget and seed it runs `edgecompress tune` in-process on the local device and records the best accuracy confirmed
 on the device as meeting the budget (or "not met"), the device measurements actually made, and the wall time.
 Prints a Markdown table (mean and spread over seeds) and writes every run's folder under --out, plus a PNG of
-accuracy against budget per method.
+accuracy against budget per method. It resumes from --out's rows.jsonl, so a long comparison runs in pieces (one
+seed and budget each); `--aggregate` then prints the tables and draws the plot of what rows.jsonl holds without
+running anything, and `--keep DIR` writes the rows and each run's results without raw observations, to commit.
 """
 
 from __future__ import annotations
