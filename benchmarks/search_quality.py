@@ -254,10 +254,6 @@ def main() -> None:
                 with rows_path.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-    for row in rows:  # rows written before the paired ratio was recorded: read it from the run's results
-        if "ratio" not in row and row["met"]:
-            results = json.loads((Path(row["run_dir"]) / "results.json").read_text())
-            row["ratio"] = paired_ratio(results.get("final") or {}, row.get("metric", args.metric))
     if args.keep is not None:
         keep(rows, args.keep)
     print(table(rows))

@@ -119,14 +119,12 @@ class TuneRun:
         if state.original is None:
             state.original = phases.measure_original(original)
             state.save()
-        if "quant_probe" not in state.original:
-            state.original["quant_probe"] = phases.probe_formats(original)
-            state.save()
         original_path = state.run_dir / f"original.{context.target.format}"
-        context = context.keeping(
-            tuple(state.original["quant_probe"]["kept"]),
-            Artifact.from_bytes(original_path.read_bytes(), context.target.format),
-        )
+        fp32 = Artifact.from_bytes(original_path.read_bytes(), context.target.format)
+        if "quant_probe" not in state.original:
+            state.original["quant_probe"] = phases.probe_formats(original, fp32)
+            state.save()
+        context = context.keeping(tuple(state.original["quant_probe"]["kept"]), fp32)
         self._screen(context, pool)
         shared = self._share(context, original_path) if self.config.shared else None
         phases = Phases(context, pool, self.reporter, state)

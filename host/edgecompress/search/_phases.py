@@ -130,12 +130,13 @@ class Phases:
             "drift_reference": values,
         }
 
-    def probe_formats(self, original: nn.Module) -> dict[str, Any]:
+    def probe_formats(self, original: nn.Module, fp32: Artifact) -> dict[str, Any]:
         """Measure the original once in each reduced-precision format the search would sample, in windows
-        alternating with the fp32 original (the ratio of the same minutes: a load that comes or goes between two
-        measurements must not decide). A format shown slower than fp32 by more than QUANT_PROBE_MARGIN on every
-        device budget (the ratio's lower bound above it) is left out, unless a host budget (size) rewards it: trials
-        spent on it are wasted, and a few trials per round are too few for a sampler to learn that."""
+        alternating with the fp32 original's artifact ``fp32`` (the ratio of the same minutes: a load that comes or
+        goes between two measurements must not decide). A format shown slower than fp32 by more than
+        QUANT_PROBE_MARGIN on every device budget (the ratio's lower bound above it) is left out, unless a host budget
+        (size) rewards it: trials spent on it are wasted, and a few trials per round are too few for a sampler to
+        learn that."""
         context, config = self.context, self.context.config
         modes = list(context.target.quant_modes)
         probe: dict[str, Any] = {"kept": modes, "measured": {}, "dropped": []}
@@ -146,9 +147,6 @@ class Phases:
         if any(b.spec.on_host and b.spec.requires != "accuracy" for b in context.budgets):
             probe["skipped"] = "a host-checked budget (size) rewards the smaller formats"
             return probe
-        fp32 = Artifact.from_bytes(
-            (context.run_dir / f"original.{context.target.format}").read_bytes(), context.target.format
-        )
         paired = context.keeping(tuple(modes), fp32)
         limits = {k: 1 + decide.QUANT_PROBE_MARGIN for k in device_keys}
         space = context.space(original)
