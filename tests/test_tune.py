@@ -212,6 +212,25 @@ def test_a_structure_the_device_did_not_confirm_is_not_measured_again_with_other
     assert "has the structure of the fine-tuned candidate" in result.stdout
 
 
+def test_base_choice_short_finetune_scores_the_top_feasible_trials_again_and_keeps_the_best(tmp_path, env):
+    out = tmp_path / "run"
+    args = ["--example", "digits", "--budget", "latency.p50<=3x", "--rounds", "1", "--trials-per-round", "4"]
+    args += ["--no-screen", "--base-choice", "short-finetune", "--base-probe-steps", "3"]
+    result = edgecompress("tune", *args, *QUICK, "--out", str(out), env=env)
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    results = json.loads((out / "results.json").read_text())
+    choice = results["rounds"][0]["base_choice"]
+    assert choice["rule"].startswith("short-finetune (3 steps")
+    feasible = [t for t in results["trials"] if t["feasible"] and t["duplicate_of"] is None]
+    assert 2 <= len(choice["scores"]) == min(3, len(feasible))
+    # The search's score picks by_score; the short fine-tune's scores pick the base the round keeps.
+    by_number = {t["number"]: t for t in feasible}
+    assert by_number[choice["by_score"]]["accuracy"] == max(t["accuracy"] for t in feasible)
+    assert choice["scores"][str(choice["chosen"])] == max(choice["scores"].values())
+    assert results["rounds"][0]["chosen_trial"] == choice["chosen"]
+    assert "after 3 steps (was" in result.stdout
+
+
 def test_kill_9_in_round_two_then_resume_finishes_every_trial_once(tmp_path, env):
     out = tmp_path / "run"
     args = [
