@@ -257,8 +257,9 @@ class TuneRun:
         return RoundSetup(t, study, space, base_model, thresholds, context.rounds - t - 1, original_space)
 
     def _final(self, context: RunContext, phases: Phases, original: nn.Module) -> dict[str, Any]:
-        """Confirm the last base on a fresh measurement; fall back to the last round's feasible candidates before
-        fine-tuning, most accurate first (the round's choice, then FINAL_ALTERNATIVES more)."""
+        """Confirm the last base on a fresh measurement; fall back to the round's choice before fine-tuning, then to
+        FINAL_ALTERNATIVES more of the last round's feasible candidates, most accurate first, each fine-tuned as the
+        base was before it is judged."""
         state = self.state
         if state.final is not None:
             return state.final
@@ -269,18 +270,21 @@ class TuneRun:
         base_model = original if last == 0 else load_checkpoint(state.run_dir, last - 1)
         space = context.space(base_model)
         options = [
-            ("fine-tuned", load_checkpoint(state.run_dir, last), plan),
+            ("fine-tuned", load_checkpoint(state.run_dir, last), plan, False),
             (
                 "best trial, not fine-tuned",
                 apply_plan(base_model, plan, context.workload, space, device=context.host_device),
                 plan,
+                False,
             ),
         ]
         for other in decide.alternatives(trials, chosen.number, decide.FINAL_ALTERNATIVES):
             other_plan = CompressionPlan.from_json(other.user_attrs["plan"])
             model = apply_plan(base_model, other_plan, context.workload, space, device=context.host_device)
-            options.append((f"trial {other.number}, not fine-tuned", model, other_plan))
-        state.final = phases.confirm_final(options, space, context.space(original))
+            # Fine-tuned before it is judged (only if reached): a fallback as pruning left it is a model the run
+            # would never have delivered as a base, often many points under what its structure can do.
+            options.append((f"trial {other.number}", model, other_plan, True))
+        state.final = phases.confirm_final(options, space, context.space(original), original)
         state.save()
         # What check needs to re-judge the answer (or, when there is none, the last round's base) the same way.
         write_text(state.run_dir / CHECK_FILE, check_config(context, state.targets))

@@ -241,23 +241,7 @@ class Phases:
             f"{config.finetune_steps} steps with distillation"
         )
         pruned = apply_plan(base_model, plan, context.workload, space, device=context.host_device)
-        steps = config.finetune_steps
-        marks = {max(1, steps * q // 4) for q in (1, 2, 3)}
-
-        def progress(step: int, loss: float) -> None:
-            # Minutes of fine-tuning on a large model: say where it is, a few times, instead of going quiet.
-            if step in marks:
-                self.reporter.message(f"round {t + 1}: fine-tuning step {step}/{steps}, distillation loss {loss:.3f}")
-
-        tuned = finetune(
-            pruned,
-            teacher,
-            context.workload,
-            steps=steps,
-            lr=config.finetune_lr,
-            progress=progress,
-            device=context.host_device,
-        )
+        tuned = self.finetune(pruned, teacher, f"round {t + 1}")
         _, candidate = context.build(base_model, plan, space, model=tuned)
         device = self._judge(candidate, thresholds)
         base_verdict = self._verdict(candidate, thresholds, device)
@@ -288,6 +272,27 @@ class Phases:
             self.reporter.message(
                 f"round {t + 1}: the fine-tuned base does not meet this round's thresholds on a fresh measurement"
             )
+
+    def finetune(self, pruned: nn.Module, teacher: nn.Module, what: str) -> nn.Module:
+        """``pruned`` fine-tuned by distillation from ``teacher`` with the run's --finetune-steps, its progress said
+        a few times (minutes of fine-tuning on a large model, instead of going quiet)."""
+        config = self.context.config
+        steps = config.finetune_steps
+        marks = {max(1, steps * q // 4) for q in (1, 2, 3)}
+
+        def progress(step: int, loss: float) -> None:
+            if step in marks:
+                self.reporter.message(f"{what}: fine-tuning step {step}/{steps}, distillation loss {loss:.3f}")
+
+        return finetune(
+            pruned,
+            teacher,
+            self.context.workload,
+            steps=steps,
+            lr=config.finetune_lr,
+            progress=progress,
+            device=self.context.host_device,
+        )
 
     def _short_finetune_choice(
         self, t: int, study: Any, chosen: Any, base_model: nn.Module, space: Any, teacher: nn.Module
@@ -357,12 +362,19 @@ class Phases:
         }
 
     def confirm_final(
-        self, options: list[tuple[str, nn.Module, CompressionPlan]], space: Any, original_space: Any
+        self,
+        options: list[tuple[str, nn.Module, CompressionPlan, bool]],
+        space: Any,
+        original_space: Any,
+        teacher: nn.Module,
     ) -> dict[str, Any]:
         """The first option (most accurate first) whose verdict on a fresh measurement is "met" for every budget
         becomes the final model; else the answer is "not met" (or "inconclusive"), with why each was rejected.
-        ``space`` is the last round's base's; plan.json is written against ``original_space`` (the rounds
-        composed), so ``compress --plan`` rebuilds the final model's shape."""
+        An option marked to be fine-tuned is fine-tuned by distillation from ``teacher`` (the run's steps) once the
+        options before it were rejected and its structure is not one the device rejected: a fallback is delivered
+        as the rounds deliver their bases, not as pruning left it. ``space`` is the last round's base's; plan.json
+        is written against ``original_space`` (the rounds composed), so ``compress --plan`` rebuilds the final
+        model's shape."""
         context, state = self.context, self.state
         assert state.original is not None
         targets = state.targets
@@ -373,11 +385,11 @@ class Phases:
         # the same structure with other weights (the fine-tuned base's trial before fine-tuning) is not measured
         # again; a second try of one structure is a second roll of the dice, not a second model.
         unconfirmed: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for label, model, plan in options:
-            built, candidate = context.build(model, plan, space, model=model)
-            shape = structure(built, plan)
+        for label, model, plan, tune in options:
+            shape = structure(model, plan)
             if shape in unconfirmed:
                 twin = unconfirmed[shape]
+                _, candidate = context.build(model, plan, space, model=model)
                 rejected.append(
                     {
                         "which": label,
@@ -394,6 +406,10 @@ class Phases:
                     "candidate, which the device did not confirm: not measured again"
                 )
                 continue
+            if tune:
+                model = self.finetune(model, teacher, f"final answer, {label}")
+                label = f"{label}, fine-tuned"
+            _, candidate = context.build(model, plan, space, model=model)
             device = self._judge(candidate, targets)
             judged = self._verdict(candidate, targets, device)
             identical = context.original is not None and candidate.artifact.sha256 == context.original.sha256
