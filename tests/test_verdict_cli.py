@@ -144,6 +144,8 @@ def test_a_final_model_identical_to_the_original_is_not_called_a_compression(tmp
         "30",
         "--min-seconds",
         "0.05",
+        "--warmup-seconds",
+        "0.05",
         "--val-limit",
         "300",
         "--out",
@@ -157,11 +159,17 @@ def test_a_final_model_identical_to_the_original_is_not_called_a_compression(tmp
     assert "the original already meets the budgets" in done.stdout
     assert "compression" not in done.stdout.split("the original already meets the budgets")[0].splitlines()[-1]
     # What check needs to re-judge it is in the run folder, and it agrees.
-    check = edgecompress("check", str(out / "model.onnx"), "--config", str(out / "check.toml"), env=env)
+    judged = tmp_path / "check.json"
+    check = edgecompress(
+        "check", str(out / "model.onnx"), "--config", str(out / "check.toml"), "--json", str(judged), env=env
+    )
     assert check.returncode in (0, 5), check.stdout + check.stderr
     # The relative budget stays relative: judged on windows alternating with the run's original, as tune did.
     assert 'reference = "' in (out / "check.toml").read_text()
     assert "latency.p50 / original" in check.stdout
+    # Measured as tune measured: its window, runs and warm-up (the profile's 0.5 s would be another measurement).
+    measure = json.loads(judged.read_text())["settings"]["measure"]
+    assert (measure["warmup_seconds"], measure["min_seconds"], measure["runs"]) == (0.05, 0.05, 30)
 
 
 def test_check_judges_a_relative_budget_against_a_reference_model(batched_onnx: Path, env, tmp_path: Path):

@@ -100,6 +100,10 @@ def check(
     min_seconds: Annotated[
         float | None, typer.Option(min=0, help="Time at least this long (default: the profile's).")
     ] = None,
+    warmup_seconds: Annotated[
+        float | None,
+        typer.Option(min=0, help="Untimed inferences for this long before each window (default: the profile's)."),
+    ] = None,
     batch: Annotated[
         int | None, typer.Option(min=1, help="Inputs per call, as tune --batch measured them (ONNX; default 1).")
     ] = None,
@@ -169,6 +173,7 @@ def check(
         profile,
         runs=runs or settings.runs,
         min_seconds=settings.min_seconds if min_seconds is None else min_seconds,
+        warmup_seconds=settings.warmup_seconds if warmup_seconds is None else warmup_seconds,
         runtime=artifact.runtime,
         threads=threads or settings.threads,
         input_shapes=batch_input_shapes(artifact, batch or settings.batch),

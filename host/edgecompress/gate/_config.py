@@ -202,6 +202,7 @@ class CheckConfig(BaseModel):
     baseline: str | None = None
     runs: int | None = Field(default=None, ge=1)
     min_seconds: float | None = Field(default=None, ge=0)
+    warmup_seconds: float | None = Field(default=None, ge=0, description="warm-up before each window (profile's)")
     batch: int = Field(default=1, ge=1, le=4096, description="inputs per call (ONNX models with a batch axis)")
     reference: str | None = Field(
         default=None,

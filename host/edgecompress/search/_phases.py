@@ -63,6 +63,7 @@ def check_config(context: RunContext, targets: dict[str, float]) -> str:
         f'device = "{context.device_spec or config.devices[0]}"',
         f"runs = {request.runs}",
         f"min_seconds = {request.min_seconds!r}",
+        f"warmup_seconds = {request.warmup_seconds!r}",
         f"batch = {config.batch}",
         f"confidence = {config.confidence!r}",
         f"min_windows = {min(config.min_windows, config.confirm_windows)}",
