@@ -106,6 +106,15 @@ def test_selection_prefers_accuracy_among_feasible_then_the_lower_load():
     assert feasible and chosen is not None and chosen.number == 2
 
 
+def test_a_contender_is_a_candidate_more_accurate_than_every_feasible_trial():
+    # Only a candidate that would become the round's choice gets the confirmation's windows when undecided.
+    assert decide.contender(0.2, [])
+    assert decide.contender(0.2, [trial(0.9, feasible=False)]), "no feasible trial yet: every candidate contends"
+    trials = [trial(0.7, feasible=True, number=0), trial(0.9, feasible=False, number=1)]
+    assert decide.contender(0.75, trials) and not decide.contender(0.7, trials) and not decide.contender(0.5, trials)
+    assert not decide.contender(0.8, [*trials, trial(0.8, state=TrialState.FAIL, number=2), trial(0.85, feasible=True)])
+
+
 def test_selection_without_a_feasible_trial_takes_the_least_violating_measured_one():
     thresholds = {"latency.p50": 2.0}
     trials = [

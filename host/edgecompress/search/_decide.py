@@ -172,6 +172,15 @@ def best_accuracy(trials: Sequence[FrozenTrial], rank: int = 1) -> float | None:
     return feasible[rank - 1] if len(feasible) >= rank else None
 
 
+def contender(accuracy: float, trials: Sequence[FrozenTrial]) -> bool:
+    """Whether a candidate would become the round's choice if the device showed it feasible: more accurate than every
+    feasible trial so far. Such a candidate is measured with the confirmation's windows when the search's do not
+    decide it (one right at its threshold on a noisy device stays inconclusive after 6, and an inconclusive one is
+    infeasible to the search): device time where it can change the answer."""
+    best = best_accuracy(trials)
+    return best is None or accuracy > best
+
+
 def select(trials: Sequence[FrozenTrial], thresholds: Mapping[str, float]) -> tuple[FrozenTrial | None, bool]:
     """A round's choice: the best feasible trial (highest accuracy, ties to the lower load on the budgets), else the
     least violating measured one; with whether it was feasible. None when no trial completed."""

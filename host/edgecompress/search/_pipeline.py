@@ -573,7 +573,10 @@ class TrialPipeline:
             trial.set_user_attr("device", "skipped: over a host-checked budget")
             return {}
         judged = context.judged(thresholds, self.original_values)
-        device = measure_on(self.pool, context, candidate.artifact, judged, self.reporter.message)
+        best = decide.contender(candidate.accuracy, trial.study.get_trials(deepcopy=False))
+        windows = context.confirm_windows if best else context.windows
+        trial.set_user_attr("windows", {"contender": best, "max": windows.max_windows})
+        device = measure_on(self.pool, context, candidate.artifact, judged, self.reporter.message, windows=windows)
         values.update(device.values)
         trial.set_user_attr("decisions", {k: d.to_json() for k, d in device.decisions.items()})
         trial.set_user_attr("observation", device.observation)
