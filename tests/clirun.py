@@ -4,9 +4,30 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
+
+from edgecompress.config import TuneConfig
 
 
 def edgecompress(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "edgecompress", *args], capture_output=True, text=True, env=env, timeout=timeout
     )
+
+
+def quick_tune_config(**changes: Any) -> TuneConfig:
+    """An in-process tune run on the digits example small enough for a test (one round, fp32, no screening, short
+    windows and warm-up, no drift wait, no final validation), with ``changes`` over it."""
+    settings: dict[str, Any] = {
+        "example": "digits",
+        "rounds": 1,
+        "quant": ["fp32"],
+        "screen": False,
+        "val_limit": 200,
+        "runs": 20,
+        "min_seconds": 0.02,
+        "warmup_seconds": 0.05,
+        "drift_wait_s": 0,
+        "validate_final": False,
+    }
+    return TuneConfig(**{**settings, **changes})

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import optuna
+from clirun import quick_tune_config
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -80,26 +81,13 @@ def test_a_run_measures_only_candidates_that_can_beat_the_rounds_best(tmp_path: 
 
 
 def test_plans_that_build_the_same_bytes_are_measured_once(tmp_path: Path, monkeypatch) -> None:
-    from edgecompress.config import TuneConfig
     from edgecompress.search import run_tune
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     # Channels kept in multiples of 64 on a network of at most 64 channels: every sampled plan keeps every channel, so
     # the sampler's differing ratios are one model, measured once (else one model gets several verdicts).
-    config = TuneConfig(
-        example="digits",
-        budgets=["latency.p50<=3x"],
-        rounds=1,
-        trials_per_round=4,
-        quant=["fp32"],
-        round_to=64,
-        screen=False,
-        finetune_steps=0,
-        val_limit=200,
-        runs=20,
-        min_seconds=0.0,
-        warmup_seconds=0.05,
-        validate_final=False,
+    config = quick_tune_config(
+        budgets=["latency.p50<=3x"], trials_per_round=4, round_to=64, finetune_steps=0, min_seconds=0.0, drift_wait_s=30
     )
     run_tune(config, tmp_path / "run")
     trials = json.loads((tmp_path / "run" / "results.json").read_text())["trials"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from clirun import edgecompress
+from clirun import edgecompress, quick_tune_config
 
 from edgecompress.config import TuneConfig
 from edgecompress.search import run_tune
@@ -491,20 +491,8 @@ def test_a_fallback_is_fine_tuned_before_it_becomes_the_answer(tmp_path, env, mo
         return record
 
     monkeypatch.setattr(_phases.Phases, "_judge", loaded_at_the_first_confirmation)
-    config = TuneConfig(
-        example="digits",
-        budgets=["latency.p50<=3x"],
-        rounds=1,
-        trials_per_round=4,
-        quant=["fp32"],
-        screen=False,
-        finetune_steps=40,
-        val_limit=300,
-        runs=30,
-        min_seconds=0.05,
-        warmup_seconds=0.05,
-        drift_wait_s=0,
-        validate_final=False,
+    config = quick_tune_config(
+        budgets=["latency.p50<=3x"], trials_per_round=4, finetune_steps=40, val_limit=300, runs=30, min_seconds=0.05
     )
     result = run_tune(config, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -528,23 +516,14 @@ def test_a_candidate_that_would_be_the_rounds_choice_gets_the_confirmations_wind
     # so it may take the confirmation's windows; an inconclusive contender is an infeasible one to the search, and
     # at a tight budget the candidates near the border were the best ones (docs/benchmarks.md, issue 17).
     monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
-    config = TuneConfig(
-        example="digits",
+    config = quick_tune_config(
         budgets=["latency.p50<=1.0x"],
-        rounds=1,
         trials_per_round=2,
-        quant=["fp32"],
-        screen=False,
         finetune_steps=0,
-        val_limit=200,
-        runs=20,
-        min_seconds=0.02,
         warmup_seconds=0.02,
-        drift_wait_s=0,
         min_windows=2,
         max_windows=2,
         confirm_windows=5,
-        validate_final=False,
     )
     run_tune(config, tmp_path / "run")
     trials = json.loads((tmp_path / "run" / "results.json").read_text())["trials"]
