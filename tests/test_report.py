@@ -31,7 +31,7 @@ from edgecompress.report import (
     write_html,
     write_tune_report_or_warn,
 )
-from edgecompress.report._html import _energy_section
+from edgecompress.report._html import _energy_section, _summary
 
 needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (.ci/run installs it)")
 BUDGETS = ("latency.p50<=1.5x", "size<=0.8x")
@@ -432,3 +432,24 @@ def test_the_devices_and_hosts_section_counts_each_hosts_trials_and_names_left_o
     assert "pi-c" in text and "left out" in text and "43% off" in text
     assert re.search(r"tune@host-1\s+3", text) and re.search(r"worker@host-2\s+1", text)
     assert "on: remote devices" in text
+
+
+def test_the_summary_shows_a_relative_budget_as_it_was_judged_on_the_paired_ratio():
+    # Two measurements minutes apart are not the verdict: a README run read 0.055 ms against its start-resolved
+    # 0.050 ms and was met at 0.918x of the original in alternating windows. The page shows the ratio it judged.
+    decision = {"key": "latency.p50", "threshold": 1.1, "outcome": "met", "value": 0.9176, "paired": True}
+    results = {
+        "base": {"candidate": {"accuracy": 0.99, "size_bytes": 59000}, "values": {"latency.p50": 0.045}},
+        "final": {
+            "met": True,
+            "accuracy": 0.95,
+            "size_bytes": 18000,
+            "values": {"latency.p50": 0.055},
+            "verdict": {"decisions": {"latency.p50": decision}},
+        },
+    }
+    page = str(_summary(results, [("latency.p50", "ms", 0.0495)]))
+    assert "0.918x paired" in page and "1.1x (0.050 ms at the start)" in page
+    assert "1.22 x" not in page  # 0.055 / 0.045: the unpaired ratio the page showed before
+    unpaired = str(_summary(results | {"final": results["final"] | {"verdict": {}}}, [("latency.p50", "ms", 0.0495)]))
+    assert "1.22 x" in unpaired and "paired" not in unpaired

@@ -169,9 +169,17 @@ def _summary(results: Mapping[str, Any], keys: Sequence[tuple[str, str, float]])
             num(final.get("accuracy_drop") if met else None),
         ]
     ]
+    decisions = ((final.get("verdict") or {}).get("decisions") or {}) if met else {}
     for key, unit, target in keys:
         before = (base.get("values") or {}).get(key)
         after = (final.get("values") or {}).get(key) if met else None
+        paired = decisions.get(key) or {}
+        if paired.get("paired"):
+            # Judged on the ratio to the original in alternating windows: that ratio, not two measurements minutes
+            # apart, is the final / original figure, and the budget is the ratio (its absolute form is the start's).
+            budget = f"{paired['threshold']:g}x ({format_value(target, unit)} at the start)"
+            rows.append([key, num(before, unit=unit), num(after, unit=unit), budget, f"{paired['value']:.3f}x paired"])
+            continue
         change = None if before in (None, 0) or after is None else after / before
         rows.append(
             [key, num(before, unit=unit), num(after, unit=unit), format_value(target, unit), num(change, 3, "x")]
