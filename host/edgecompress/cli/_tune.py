@@ -14,6 +14,7 @@ from rich.table import Table
 from edgecompress.budgets import format_value, unit_of
 from edgecompress.cli._app import app, console
 from edgecompress.config import load_tune_config
+from edgecompress.report import paired_decisions
 
 
 class ConsoleReporter:
@@ -306,13 +307,11 @@ def _summary(result: Any) -> None:
         f"{base['candidate']['accuracy']:.4f}",
         f"{final['accuracy']:.4f}" if final.get("met") else "not met",
     )
-    decisions = (final.get("verdict") or {}).get("decisions") or {} if final.get("met") else {}
+    paired_by_key = paired_decisions(final)
     for key, target in base["targets"].items():
         unit = unit_of(key)
-        paired = decisions.get(key) or {}
-        if paired.get("paired"):
-            # Judged on the ratio to the original in alternating windows: that ratio is the figure, not an absolute
-            # latency of this minute against a limit resolved at the start of the run (which can read over it).
+        paired = paired_by_key.get(key)
+        if paired is not None:  # judged on the ratio to the original in alternating windows: show that ratio
             table.add_row(f"{key} / original (budget {paired['threshold']:g}x)", "1.000x", f"{paired['value']:.3f}x")
             continue
         final_value = format_value((final.get("values") or {}).get(key), unit) if final.get("met") else "-"

@@ -155,6 +155,16 @@ def _final_model(results: Mapping[str, Any]) -> tuple[str, Mapping[str, Any] | N
     return "final", None
 
 
+def paired_decisions(final: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """A met final answer's decisions judged on the paired ratio to the original (relative device budgets), by key:
+    that ratio is the figure to show for them, not the final's absolute value of its minute against the limit
+    resolved at the start of the run (which can read over it while the verdict is met)."""
+    if not final.get("met"):
+        return {}
+    decisions = (final.get("verdict") or {}).get("decisions") or {}
+    return {k: d for k, d in decisions.items() if d.get("paired")}
+
+
 def _summary(results: Mapping[str, Any], keys: Sequence[tuple[str, str, float]]) -> Raw:
     base = results.get("base") or {}
     candidate = base.get("candidate") or {}
@@ -169,14 +179,14 @@ def _summary(results: Mapping[str, Any], keys: Sequence[tuple[str, str, float]])
             num(final.get("accuracy_drop") if met else None),
         ]
     ]
-    decisions = ((final.get("verdict") or {}).get("decisions") or {}) if met else {}
+    paired_by_key = paired_decisions(final)
     for key, unit, target in keys:
         before = (base.get("values") or {}).get(key)
         after = (final.get("values") or {}).get(key) if met else None
-        paired = decisions.get(key) or {}
-        if paired.get("paired"):
-            # Judged on the ratio to the original in alternating windows: that ratio, not two measurements minutes
-            # apart, is the final / original figure, and the budget is the ratio (its absolute form is the start's).
+        paired = paired_by_key.get(key)
+        if paired is not None:
+            # The final / original figure is the paired ratio, not two measurements minutes apart; the budget is the
+            # ratio (its absolute form is the start's).
             budget = f"{paired['threshold']:g}x ({format_value(target, unit)} at the start)"
             rows.append([key, num(before, unit=unit), num(after, unit=unit), budget, f"{paired['value']:.3f}x paired"])
             continue

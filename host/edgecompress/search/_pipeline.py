@@ -573,9 +573,9 @@ class TrialPipeline:
             trial.set_user_attr("device", "skipped: over a host-checked budget")
             return {}
         judged = context.judged(thresholds, self.original_values)
-        best = decide.contender(candidate.accuracy, trial.study.get_trials(deepcopy=False))
-        windows = context.confirm_windows if best else context.windows
-        trial.set_user_attr("windows", {"contender": best, "max": windows.max_windows})
+        contends = decide.contender(candidate.accuracy, trial.study.get_trials(deepcopy=False))
+        trial.set_user_attr("contender", contends)
+        windows = context.confirm_windows if contends else context.windows
         device = measure_on(self.pool, context, candidate.artifact, judged, self.reporter.message, windows=windows)
         values.update(device.values)
         trial.set_user_attr("decisions", {k: d.to_json() for k, d in device.decisions.items()})
