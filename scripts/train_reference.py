@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecompress.examples import ARCHITECTURES
 from edgecompress.workload import (
-    ARCHITECTURES,
     ArrayLoader,
     checkpoint_path,
     digits_arrays,

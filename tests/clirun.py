@@ -15,6 +15,26 @@ def edgecompress(*args: str, env: dict[str, str], timeout: float = 600) -> subpr
     )
 
 
+# Runs the CLI as `python -m edgecompress` does, then says on stderr's last line whether torch was imported.
+_IMPORT_PROBE = """
+import runpy, sys
+try:
+    runpy.run_module("edgecompress", run_name="__main__", alter_sys=True)
+finally:
+    print("torch imported:", "torch" in sys.modules, file=sys.stderr)
+"""
+
+
+def edgecompress_torch_imported(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], bool]:
+    """The CLI's answer to ``args``, and whether it imported torch to give it."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    last = done.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("torch imported:"), done.stderr
+    return done, last.endswith("True")
+
+
 def quick_tune_config(**changes: Any) -> TuneConfig:
     """An in-process tune run on the digits example small enough for a test (one round, fp32, no screening, short
     windows and warm-up, no drift wait, no final validation), with ``changes`` over it."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from clirun import edgecompress, quick_tune_config
+from clirun import edgecompress, edgecompress_torch_imported, quick_tune_config
 
 from edgecompress.config import TuneConfig
 from edgecompress.search import run_tune
@@ -400,23 +400,31 @@ def test_a_host_checked_budget_spends_no_device_time(tmp_path, env, monkeypatch)
         (["--example", "nope", "--budget", "latency.mean<=1ms"], "nope"),
         (["--example", "digits", "--budget", "latency.mean<=1ms", "--host-device", "tpu"], "host_device"),
         (["--example", "digits", "--budget", "latency.mean<=1ms", "--coarsen", "maybe"], "coarsen"),
+        (["--example", "digits", "--arch", "resnet", "--budget", "latency.mean<=1ms"], "no architecture 'resnet'"),
+        (["--model", "pkg.mod:build", "--budget", "latency.mean<=1ms"], "both --model and --data"),
+        (["--example", "digits", "--budget", "latency.mean<=1ms", "--device", "no-such-board"], "no-such-board"),
     ],
 )
-def test_bad_tune_input_is_one_line_and_leaves_no_folder(tmp_path, env, args, message):
-    result = edgecompress("tune", *args, "--out", str(tmp_path / "o"), env=env)
+def test_bad_tune_input_is_one_line_leaves_no_folder_and_needs_no_torch(tmp_path, env, args, message):
+    result, torch_imported = edgecompress_torch_imported("tune", *args, "--out", str(tmp_path / "o"), env=env)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     # Checked before the run folder is made: the corrected command can use the same --out.
     assert not (tmp_path / "o").exists()
+    # And before the search's imports (torch alone takes seconds): the answer comes in a second or two.
+    assert not torch_imported
 
 
 def test_an_existing_output_folder_is_never_overwritten(tmp_path, env):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = edgecompress("tune", "--example", "digits", "--budget", "latency.mean<=0.5x", "--out", str(out), env=env)
+    result, torch_imported = edgecompress_torch_imported(
+        "tune", "--example", "digits", "--budget", "latency.mean<=0.5x", "--out", str(out), env=env
+    )
     assert result.returncode == 2 and "not empty" in result.stderr and (out / "keep.txt").read_text() == "mine"
+    assert not torch_imported
 
 
 def test_candidate_distillation_scores_a_pruned_candidate_closer_to_its_fine_tuned_self():

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from edgecompress.errors import WorkloadError
+from edgecompress.examples import EXAMPLES
 from edgecompress.workload import (
-    EXAMPLES,
     ArrayLoader,
     fashion_mnist_arrays,
     load_workload,

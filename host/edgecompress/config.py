@@ -392,3 +392,24 @@ def load_tune_config(path: Path | None, overrides: dict) -> TuneConfig:
         return TuneConfig.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(f"{path or 'tune'}: {_describe(exc)}") from exc
+
+
+def check_tune_config(config: TuneConfig) -> tuple[list[Budget], list[tuple[str, DeviceProfile]], PoolSettings]:
+    """The budgets, the devices (spec and profile) and the pool's settings of a tune configuration, after the checks
+    that need neither torch nor a device (the workload's source included); ConfigError or WorkloadError on the first
+    mistake, so the CLI answers one before it imports the search."""
+    from edgecompress.budgets import parse_budgets
+    from edgecompress.examples import check_workload_source
+
+    budgets = parse_budgets(config.budgets)
+    if not budgets:
+        raise ConfigError("give at least one --budget (e.g. --budget 'latency.mean<=0.5x')")
+    members, settings = resolve_pool(config.devices)
+    check_workload_source(config.example, config.model, config.data, config.data_dir, config.arch)
+    return budgets, members, settings
+
+
+def check_out_folder(out: Path) -> None:
+    """ConfigError if ``out`` holds anything: a run's folder is never written over."""
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output folder {out} is not empty; use --resume {out} to continue it, or another --out")

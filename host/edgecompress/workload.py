@@ -29,9 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from edgecompress.errors import WorkloadError
+from edgecompress.examples import ARCHITECTURES, check_example, check_workload_source
 
-EXAMPLES: tuple[str, ...] = ("digits", "fashion-mnist")
-ARCHITECTURES: dict[str, tuple[str, ...]] = {"digits": ("cnn",), "fashion-mnist": ("resnet", "mobilenetv2")}
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist package
 # Per-dataset normalisation (mean, std of the training pixels in [0, 1]), applied before the network sees a batch.
 _NORMALISATION = {"digits": (0.3053, 0.3760), "fashion-mnist": (0.2860, 0.3530)}
@@ -233,16 +232,8 @@ def train_digits(
 
 
 def _example(example: str, arch: str | None, data_dir: str | None, val_limit: int | None) -> Workload:
-    if example not in EXAMPLES:
-        raise WorkloadError(f"unknown example {example!r}; choose one of {', '.join(EXAMPLES)}")
     arch = arch or ARCHITECTURES[example][0]
-    if arch not in ARCHITECTURES[example]:
-        raise WorkloadError(
-            f"example {example} has no architecture {arch!r}; choose one of {', '.join(ARCHITECTURES[example])}"
-        )
     if example == "digits":
-        if data_dir is not None:
-            raise WorkloadError("the digits example ships with scikit-learn; --data-dir does not apply")
         arrays = digits_arrays()
         input_shape: tuple[int, ...] = (1, 1, 8, 8)
     else:
@@ -466,14 +457,10 @@ def load_workload(
     """A built-in example (``example``, ``arch``, ``data_dir``) or user entry points (``model`` and ``data``)."""
     if val_limit is not None and val_limit < 1:
         raise WorkloadError(f"val_limit must be positive, got {val_limit}")
+    check_workload_source(example, model, data, data_dir, arch)
     if example is not None:
-        if model is not None or data is not None:
-            raise WorkloadError("give either an example or --model/--data entry points, not both")
         return _example(example, arch, data_dir, val_limit)
-    if model is None or data is None:
-        raise WorkloadError("give --example, or both --model and --data entry points (package.module:attribute)")
-    if arch is not None or data_dir is not None:
-        raise WorkloadError("--arch and --data-dir apply to the built-in examples only")
+    assert model is not None and data is not None
     return _user(model, data, val_limit)
 
 
@@ -494,10 +481,7 @@ def load_labelled_data(
     if (example is None) == (data is None):
         raise WorkloadError("give either an example or a --data entry point (package.module:attribute)")
     if example is not None:
-        if example not in EXAMPLES:
-            raise WorkloadError(f"unknown example {example!r}; choose one of {', '.join(EXAMPLES)}")
-        if example == "digits" and data_dir is not None:
-            raise WorkloadError("the digits example ships with scikit-learn; --data-dir does not apply")
+        check_example(example, data_dir)
         arrays = digits_arrays() if example == "digits" else fashion_mnist_arrays(data_dir)
         return LabelledData(name=example, val=ArrayLoader(*arrays["val"], batch_size=500))
     assert data is not None

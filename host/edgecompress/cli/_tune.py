@@ -13,7 +13,7 @@ from rich.table import Table
 
 from edgecompress.budgets import format_value, unit_of
 from edgecompress.cli._app import app, console
-from edgecompress.config import load_tune_config
+from edgecompress.config import check_out_folder, check_tune_config, load_tune_config
 from edgecompress.report import paired_decisions
 
 
@@ -220,11 +220,11 @@ def tune(
 
     Exit codes: 0 budgets met; 1 not met; 2 configuration error; 3 device failure; 130 interrupted.
     """
-    from edgecompress.search import run_tune
-
     reporter = ConsoleReporter(quiet=as_json)
     command = shlex.join(["edgecompress", *sys.argv[1:]])
     if resume is not None:
+        from edgecompress.search import run_tune
+
         result = run_tune(None, None, reporter, resume=resume)
     else:
         overrides = {
@@ -271,6 +271,12 @@ def tune(
             "confirm_windows": confirm_windows,
         }
         settings = load_tune_config(config, overrides)
+        # What can be checked without torch is, before the search's imports (seconds): a mistake is answered fast.
+        check_tune_config(settings)
+        if out is not None:
+            check_out_folder(out)
+        from edgecompress.search import run_tune
+
         result = run_tune(settings, out, reporter, command=command)
     if as_json:
         print(

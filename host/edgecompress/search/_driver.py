@@ -20,9 +20,9 @@ from optuna.trial import TrialState
 from torch import nn
 
 from edgecompress.artifact import Artifact
-from edgecompress.budgets import Budget, check_budgets_measurable, parse_budgets
+from edgecompress.budgets import Budget, check_budgets_measurable
 from edgecompress.compress import CompressionPlan, SearchSpace, apply_plan, resolve_host_device
-from edgecompress.config import DeviceProfile, PoolSettings, TuneConfig, resolve_pool
+from edgecompress.config import DeviceProfile, PoolSettings, TuneConfig, check_tune_config
 from edgecompress.device import DevicePool
 from edgecompress.errors import ConfigError, EdgecompressError
 from edgecompress.report import write_tune_report_or_warn
@@ -306,10 +306,7 @@ def study_name(config: TuneConfig) -> str:
 def _check(config: TuneConfig) -> _Checked:
     """The budgets, the devices (spec and profile) with the pool's settings, and the workload of a configuration;
     ConfigError on the first mistake."""
-    budgets = parse_budgets(config.budgets)
-    if not budgets:
-        raise ConfigError("give at least one --budget (e.g. --budget 'latency.mean<=0.5x')")
-    members, settings = resolve_pool(config.devices)
+    budgets, members, settings = check_tune_config(config)
     workload = load_workload(
         example=config.example,
         model=config.model,

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from edgecompress import __version__
+from edgecompress.config import check_out_folder
 from edgecompress.errors import ConfigError
 from edgecompress.report._files import write_text
 
@@ -30,8 +31,7 @@ def new_run_dir(out: Path | None, runs_root: Path = Path("runs")) -> Path:
         while out.exists():
             suffix += 1
             out = runs_root / f"tune-{stamp}-{suffix}"
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"output folder {out} is not empty; use --resume {out} to continue it, or another --out")
+    check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
