@@ -15,24 +15,25 @@ def edgecompress(*args: str, env: dict[str, str], timeout: float = 600) -> subpr
     )
 
 
-# Runs the CLI as `python -m edgecompress` does, then says on stderr's last line whether torch was imported.
-_IMPORT_PROBE = """
+# Runs the CLI as `python -m edgecompress` does, then names on stderr's last line the heavy packages it imported.
+HEAVY_PACKAGES = ("torch", "scipy", "onnx", "onnxruntime", "optuna")
+_IMPORT_PROBE = f"""
 import runpy, sys
 try:
     runpy.run_module("edgecompress", run_name="__main__", alter_sys=True)
 finally:
-    print("torch imported:", "torch" in sys.modules, file=sys.stderr)
+    print("imported:", *[name for name in {HEAVY_PACKAGES!r} if name in sys.modules], file=sys.stderr)
 """
 
 
-def edgecompress_torch_imported(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], bool]:
-    """The CLI's answer to ``args``, and whether it imported torch to give it."""
+def edgecompress_heavy_imports(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """The CLI's answer to ``args``, and which of HEAVY_PACKAGES it imported to give it."""
     done = subprocess.run(
         [sys.executable, "-c", _IMPORT_PROBE, *args], capture_output=True, text=True, env=env, timeout=120
     )
-    last = done.stderr.rstrip().splitlines()[-1]
-    assert last.startswith("torch imported:"), done.stderr
-    return done, last.endswith("True")
+    last = done.stderr.rstrip().splitlines()[-1].split()
+    assert last[:1] == ["imported:"], done.stderr
+    return done, set(last[1:])
 
 
 def quick_tune_config(**changes: Any) -> TuneConfig:

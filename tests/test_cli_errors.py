@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from clirun import edgecompress
+from clirun import edgecompress, edgecompress_heavy_imports
 
 
 @pytest.fixture()
@@ -48,10 +48,12 @@ def test_brackets_in_messages_and_tables_are_printed_not_read_as_markup(tmp_path
     [(["tune"], ["[tune]", "[budgets]", "user@host[:port]"]), (["check"], ["[check]", "[budgets]"])],
 )
 def test_help_texts_show_their_brackets(command: list[str], words: list[str], env: dict[str, str]):
-    result = edgecompress(*command, "--help", env=dict(env, COLUMNS="400"))
+    result, imported = edgecompress_heavy_imports(*command, "--help", env=dict(env, COLUMNS="400"))
     assert result.returncode == 0, result.stderr
     for word in words:
         assert word in result.stdout and "\\" + word not in result.stdout, (word, result.stdout)
+    # Help is answered in about a second: none of torch, scipy, onnx, onnxruntime, optuna is imported for it.
+    assert not imported, imported
 
 
 def test_the_dashboard_install_hint_is_the_readmes(tmp_path: Path, env: dict[str, str]):
@@ -78,6 +80,7 @@ def test_the_dashboard_install_hint_is_the_readmes(tmp_path: Path, env: dict[str
     [(["bench", "m.onnx", "--runs", "x"], "Invalid value for '--runs'"), (["bench"], "Missing argument")],
 )
 def test_a_bad_flag_is_a_usage_error_not_an_internal_one(args: list[str], message: str, env: dict[str, str]):
-    result = edgecompress(*args, env=env)
+    result, imported = edgecompress_heavy_imports(*args, env=env)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "internal error" not in result.stderr
+    assert not imported, imported

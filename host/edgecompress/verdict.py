@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as scistats
 
 from edgecompress.budgets import format_value, unit_of
+
+# scipy.stats is imported in the functions that use it: it takes over a second, and every CLI command imports this
+# module at start-up.
 
 NO_VALUE = "could not be measured on this device (no value)"
 
@@ -206,6 +208,8 @@ def window_bounds(values: Sequence[float], confidence: float) -> tuple[float, fl
     """The typical window's value (geometric mean of the windows') and its one-sided lower and upper bounds at
     ``confidence`` (Student's t on the logarithms: latencies and energies are positive and skewed, and windows on a
     loaded device vary by a factor rather than by a constant). No bounds from a single window."""
+    from scipy import stats as scistats
+
     x = np.log(np.asarray(values, dtype=np.float64))
     center = float(np.exp(x.mean()))
     if x.size < 2:
@@ -226,6 +230,8 @@ def median_bounds(values: Sequence[float], confidence: float) -> tuple[float, fl
     """The median window value and distribution-free one-sided bounds on it at ``confidence`` (the sign test's
     order statistics): the upper bound is the u-th smallest window, u the least with P(Binomial(n, 1/2) < u) >=
     confidence. None where n windows cannot give one (at 95%, fewer than 5)."""
+    from scipy import stats as scistats
+
     x = sorted(values)
     n = len(x)
     center = float(np.median(x))

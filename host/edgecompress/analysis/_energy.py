@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from edgecompress.device import Measurement
+
+# scipy.stats is imported in the functions that use it: it takes over a second, and every CLI command imports this
+# module at start-up.
 
 SEGMENTS = 10  # batch means for the confidence interval of the mean power
 
@@ -43,6 +45,8 @@ class EnergyStats:
 
     def power_interval_w(self, level: float = 0.95) -> tuple[float, float] | None:
         """CI of the mean power from batch means over equal segments of the window(s)."""
+        from scipy import stats
+
         seg = np.asarray(self.segment_power_w, dtype=np.float64)
         if seg.size < 3:
             return None

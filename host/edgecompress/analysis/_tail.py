@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
+
+# scipy.stats is imported in the functions that use it: it takes over a second, and every CLI command imports this
+# module at start-up.
 
 PROBABILITIES = (1e-3, 1e-6, 1e-9)
 CONSERVATIVE = "conservative"
@@ -61,6 +63,7 @@ def ljung_box_p(x: np.ndarray, lags: int) -> float:
 
     With the autocorrelations by FFT: acorr_ljungbox's direct ones take minutes on 10^5 runs.
     """
+    from scipy import stats
     from statsmodels.tsa.stattools import acf
 
     n = x.size
@@ -71,6 +74,8 @@ def ljung_box_p(x: np.ndarray, lags: int) -> float:
 
 def iid_check(values: Sequence[float] | np.ndarray, alpha: float = ALPHA, lags: int | None = None) -> IidCheck:
     """Ljung-Box (no autocorrelation up to ``lags``) and two-sample KS (first half vs second half)."""
+    from scipy import stats
+
     x = np.asarray(values, dtype=np.float64)
     if x.size < 20:
         raise ValueError(f"an i.i.d. check needs at least 20 values, got {x.size}")
@@ -101,6 +106,8 @@ class ExponentialTail:
 
     def interval(self, p: float, level: float = 0.95) -> tuple[float, float]:
         """CI of the quantile from sigma's: 2k sigma_hat / sigma is chi-square with 2k degrees of freedom."""
+        from scipy import stats
+
         tail = (1 - level) / 2
         lo = 2 * self.k * self.sigma / stats.chi2.ppf(1 - tail, 2 * self.k)
         hi = 2 * self.k * self.sigma / stats.chi2.ppf(tail, 2 * self.k)
@@ -154,6 +161,8 @@ class BlockMaxima:
     heavy: bool = False  # a heavy-tailed GEV fitted better; the Gumbel is kept (see block_maxima)
 
     def quantile(self, p: float) -> float:
+        from scipy import stats
+
         q = -math.expm1(self.block * math.log1p(-p))  # P(max of B runs > x) = 1 - (1 - p)^B
         if self.kind == "gumbel":
             return float(stats.gumbel_r.isf(q, self.loc, self.scale))
@@ -162,6 +171,8 @@ class BlockMaxima:
 
 def block_maxima(values: Sequence[float] | np.ndarray, block: int | None = None) -> BlockMaxima:
     """Gumbel fit of the block maxima, replaced by a GEV when the GEV fits significantly better (LR test, 5%)."""
+    from scipy import stats
+
     x = np.asarray(values, dtype=np.float64)
     block = block or int(min(200, max(10, x.size // 50)))
     m = x.size // block
