@@ -540,6 +540,7 @@ def test_a_candidate_that_would_be_the_rounds_choice_gets_the_confirmations_wind
     run_tune(config, tmp_path / "run")
     trials = json.loads((tmp_path / "run" / "results.json").read_text())["trials"]
     identity = trials[0]["decisions"]["latency.p50"]
+    assert trials[0]["contender"] is True
     assert identity["outcome"] != "inconclusive" or identity["windows"] == 5, identity
     assert identity["windows"] > 2 or identity["outcome"] != "inconclusive"
     for t in trials:

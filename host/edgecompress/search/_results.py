@@ -37,6 +37,7 @@ def trial_record(round_index: int, trial: FrozenTrial) -> dict[str, Any]:
         "worker": attrs.get("worker"),
         "duplicate_of": attrs.get("duplicate_of"),
         "screened": attrs.get("screened"),
+        "contender": attrs.get("contender"),
         "predicted": attrs.get("predicted"),
         "fail_reason": attrs.get("fail_reason"),
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
