@@ -20,6 +20,7 @@ from pathlib import Path
 
 from _roundrobin import round_robin_p50s
 
+from edgecompress.budgets import accuracy_drop_points
 from edgecompress.compress import MIN_OPSET, CompressionPlan, search_space
 from edgecompress.config import TuneConfig, resolve_device
 from edgecompress.device import open_session
@@ -27,11 +28,6 @@ from edgecompress.device._runtime import onnx_opset
 from edgecompress.search import tune_measure_request
 from edgecompress.search._candidate import build_candidate
 from edgecompress.workload import load_workload
-
-
-def drop_points(original: float, accuracy: float) -> float:
-    """Accuracy drop in points, rounded: 0.909 - 0.899 is 1.0000000000000009 points in floats, and it is 1 point."""
-    return round(100 * (original - accuracy), 6)
 
 
 def main() -> None:
@@ -84,7 +80,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for method in dict.fromkeys(kind for kind, _, _ in models.values() if kind != "original"):
         names = [n for n, (kind, _, _) in models.items() if kind == method]
-        within = [n for n in names if drop_points(base_accuracy, models[n][1]) <= args.max_drop]
+        within = [n for n in names if accuracy_drop_points(base_accuracy, models[n][1]) <= args.max_drop]
         fastest = min(names, key=lambda n: latency[n])
         overall = f"{reference / latency[fastest]:.2f}x ({100 * models[fastest][1]:.2f}%)"
         if within:

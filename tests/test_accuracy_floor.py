@@ -12,7 +12,7 @@ from conftest import export_onnx, tiny_convnet
 
 from edgecompress import verdict
 from edgecompress.artifact import Artifact
-from edgecompress.budgets import REFERENCE_ACCURACY, format_value, parse_budget, parse_budgets
+from edgecompress.budgets import REFERENCE_ACCURACY, accuracy_drop_points, format_value, parse_budget, parse_budgets
 from edgecompress.compress import CompressionPlan
 from edgecompress.config import TuneConfig
 from edgecompress.errors import BudgetError, ConfigError
@@ -89,6 +89,22 @@ def test_the_final_verdict_is_not_met_below_the_floor():
     judged = verdict.judge(floor.key, value, floor.target(None))
     assert not judged.met and judged.reason == "accuracy.drop = 96.10 pt > 1.00 pt"
     assert verdict.overall({floor.key: judged}, {}, []) == "not met"
+
+
+@pytest.mark.parametrize(
+    ("original", "accuracy", "points"),
+    [(0.909, 0.899, 1.0), (0.909, 0.901, 0.8), (0.909, 0.898, 1.1), (0.5, 0.6, -10.0)],
+)
+def test_drop_points_are_exact_to_the_validation_sets_resolution(original, accuracy, points):
+    assert accuracy_drop_points(original, accuracy) == points
+
+
+def test_a_model_exactly_at_the_floor_meets_it_and_exactly_ten_points_under_is_not_collapsed():
+    """0.909 - 0.899 is 1.0000000000000009 points in floats: 899 of 1,000 images right against 909 is 1 point."""
+    floor = parse_budget("accuracy.drop<=1pt")
+    value = candidate(0.899).host_values([floor], {**ORIGINAL, REFERENCE_ACCURACY: 0.909})[floor.key]
+    assert verdict.judge(floor.key, value, floor.target(None)).met
+    assert not verdict.accuracy_collapsed(0.8, 0.7, floor_stated=False)  # 10.000000000000009 unrounded
 
 
 def test_collapsed_is_more_than_ten_points_below_the_original_without_a_floor():

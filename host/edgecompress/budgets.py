@@ -105,10 +105,16 @@ for _stat in ("mean", "min", "p50", "p90", "p95", "p99", "p999", "max"):
 register(Metric("size", "bytes", True, lambda e, p: float(e.size_bytes), "size of the deployed artifact"))
 
 
+def accuracy_drop_points(reference: float, accuracy: float) -> float:
+    """Accuracy below the original's in percentage points (fractions in), rounded to 1e-6 points so that float error
+    does not move a model across a floor: 0.909 - 0.899 is 1.0000000000000009 points unrounded, and it is 1 point."""
+    return round(100.0 * (reference - accuracy), 6)
+
+
 def _accuracy_drop(evidence: Evidence, parameter: float | None) -> float | None:
     if evidence.accuracy is None or evidence.reference_accuracy is None:
         return None
-    return 100.0 * (evidence.reference_accuracy - evidence.accuracy)
+    return accuracy_drop_points(evidence.reference_accuracy, evidence.accuracy)
 
 
 register(

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.budgets import format_value, unit_of
+from edgecompress.budgets import accuracy_drop_points, format_value, unit_of
 
 # scipy.stats is imported in the functions that use it: it takes over a second, and every CLI command imports this
 # module at start-up.
@@ -294,7 +294,7 @@ COLLAPSE_DROP_POINTS = 10.0
 def accuracy_collapsed(original_accuracy: float, accuracy: float, floor_stated: bool) -> bool:
     """True when no accuracy floor was stated and ``accuracy`` is more than COLLAPSE_DROP_POINTS below the
     original's (accuracies as fractions). With a floor, the floor decides, in the verdict."""
-    return not floor_stated and 100.0 * (original_accuracy - accuracy) > COLLAPSE_DROP_POINTS
+    return not floor_stated and accuracy_drop_points(original_accuracy, accuracy) > COLLAPSE_DROP_POINTS
 
 
 def collapse_message(original_accuracy: float, accuracy: float) -> str:

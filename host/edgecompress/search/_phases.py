@@ -12,7 +12,7 @@ from torch import nn
 
 from edgecompress import verdict
 from edgecompress.artifact import Artifact
-from edgecompress.budgets import REFERENCE_ACCURACY, accuracy_floor, format_value, unit_of
+from edgecompress.budgets import REFERENCE_ACCURACY, accuracy_drop_points, accuracy_floor, format_value, unit_of
 from edgecompress.compress import CompressionPlan, apply_plan, finetune
 from edgecompress.compress._space import Quant
 from edgecompress.device import DevicePool
@@ -444,7 +444,7 @@ class Phases:
                     self.reporter.message(
                         f"final model ({label}) meets every budget on a fresh measurement: accuracy "
                         f"{candidate.accuracy:.4f} (original {base_acc:.4f}, drop "
-                        f"{100 * (base_acc - candidate.accuracy):.2f} points); {judged['summary']}"
+                        f"{accuracy_drop_points(base_acc, candidate.accuracy):.2f} points); {judged['summary']}"
                     )
                 if collapsed:
                     self.reporter.message(verdict.collapse_message(base_acc, candidate.accuracy))
@@ -456,7 +456,7 @@ class Phases:
                     "values": {**device.values, **self._host_values(candidate)},
                     "verdict": judged,
                     "accuracy_drop": base_acc - candidate.accuracy,
-                    "accuracy_drop_points": 100 * (base_acc - candidate.accuracy),
+                    "accuracy_drop_points": accuracy_drop_points(base_acc, candidate.accuracy),
                     # Far below the original without a floor (verdict.COLLAPSE_DROP_POINTS): met, but said plainly.
                     "accuracy_collapsed": collapsed,
                     "observation": device.observation,
